@@ -1,0 +1,207 @@
+"""jax_rmsnorm against the XLA-compiled jnp reference, on whatever device JAX has.
+
+    python benchmarks/bench.py            # the main sweep (a short one on the CPU)
+    python benchmarks/bench.py --quick    # a few small shapes, well under a minute
+    python benchmarks/bench.py --json benchmarks/results/h100.json
+
+Timing. On a GPU, kernel time comes from the device: the JAX profiler's trace
+(CUPTI) records every kernel of every call, ours and XLA's; a call's time is the
+sum of its kernels, and the table shows the median over calls. Calls rotate over
+input sets larger than L2 together, so every call reads from device memory. The
+jitted call's end-to-end time (host clock around dispatch and completion) is
+reported beside it. On a CPU the host clock is the device clock.
+
+Every time is also shown as a fraction of the device's copy bandwidth, measured
+in the same run (an elementwise pass over 1 GiB, bytes read + written), and as a
+speedup over the XLA reference. Errors are max |out - float64 reference|.
+"""
+
+import argparse
+import datetime
+import glob
+import gzip
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jax_rmsnorm
+from jax_rmsnorm import reference
+
+# (rows, hidden): decode, the usual hidden sizes, short rows (q/k norms), long rows.
+FULL_SHAPES = [(1, 4096), (32, 4096), (1024, 4096), (4096, 4096), (16384, 4096), (32768, 4096),
+               (8192, 8192), (16384, 1024), (65536, 2048), (262144, 128), (1024, 65536),
+               (128, 262144)]
+CPU_SHAPES = [(1, 4096), (32, 4096), (1024, 4096), (4096, 1024), (16384, 128), (16, 65536)]
+QUICK_SHAPES = [(1, 4096), (64, 1024), (512, 4096), (4096, 128)]
+
+L2_ROTATION_BYTES = 128 << 20  # input sets per op together exceed the 50 MB L2 by 2.5x
+CALL_GAP_US = 15.0  # calls are synchronised, so kernels further apart than this belong to different calls
+
+
+def is_gpu(device):
+  return device.platform == "gpu"
+
+
+def profile_kernel_times(fn, arg_sets, calls):
+  """Per-call device kernel time in microseconds (list), from a profiler trace."""
+  with tempfile.TemporaryDirectory() as log_dir:
+    jax.profiler.start_trace(log_dir)
+    for i in range(calls):
+      jax.block_until_ready(fn(*arg_sets[i % len(arg_sets)]))
+    jax.profiler.stop_trace()
+    (path,) = glob.glob(os.path.join(log_dir, "plugins", "profile", "*", "*.trace.json.gz"))
+    with gzip.open(path) as f:
+      trace = json.load(f)
+  events = trace["traceEvents"]
+  # Device kernels live on the GPU's process, on its "Stream" threads (other threads
+  # of that process repeat the same time at the XLA-op and module level).
+  gpu_pids = {e["pid"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
+              and "GPU" in str(e.get("args", {}).get("name", ""))}
+  stream_tids = {(e["pid"], e["tid"]) for e in events if e.get("ph") == "M"
+                 and e.get("name") == "thread_name" and e["pid"] in gpu_pids
+                 and str(e.get("args", {}).get("name", "")).startswith("Stream")}
+  kernels = sorted((e["ts"], e["dur"]) for e in events
+                   if e.get("ph") == "X" and (e.get("pid"), e.get("tid")) in stream_tids
+                   and "memcpy" not in e.get("name", "").lower())
+  if not kernels:
+    names = sorted({str(e.get("args", {}).get("name")) for e in events if e.get("ph") == "M"})
+    raise RuntimeError(f"the profiler trace holds no GPU kernels; its processes and threads: {names}")
+  per_call, end = [], -1e30
+  for ts, dur in kernels:
+    if ts - end > CALL_GAP_US:
+      per_call.append(0.0)
+    per_call[-1] += dur
+    end = max(end, ts + dur)
+  if len(per_call) != calls:
+    # Could not tell calls apart: fall back to the mean.
+    return [sum(per_call) / calls] * calls
+  return per_call
+
+
+def host_times(fn, arg_sets, calls):
+  """Per-call wall time in microseconds, dispatch to completion."""
+  times = []
+  for i in range(calls):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*arg_sets[i % len(arg_sets)]))
+    times.append((time.perf_counter() - start) * 1e6)
+  return times
+
+
+def measure(fn, arg_sets, device, calls):
+  """(median kernel µs, median end-to-end µs) after a warm-up."""
+  for args in arg_sets:
+    jax.block_until_ready(fn(*args))
+  end_to_end = statistics.median(host_times(fn, arg_sets, calls))
+  kernel = statistics.median(profile_kernel_times(fn, arg_sets, calls)) if is_gpu(device) else end_to_end
+  return kernel, end_to_end
+
+
+def copy_bandwidth(device, calls):
+  """Bytes read + written per second by a streaming elementwise pass (the physical limit)."""
+  n = (1 << 30) // 4 if is_gpu(device) else (1 << 26) // 4
+  a = jax.device_put(np.arange(n, dtype=np.uint32), device)
+  kernel_us, _ = measure(jax.jit(lambda v: ~v), [(a,)], device, calls)
+  return 2 * a.nbytes / (kernel_us * 1e-6)
+
+
+def reference64(x, residual, weight, eps):
+  s = np.asarray(x).astype(np.float64)
+  if residual is not None:
+    s = (s + np.asarray(residual).astype(np.float64)).astype(x.dtype).astype(np.float64)
+  y = s / np.sqrt(np.mean(s * s, axis=-1, keepdims=True) + eps)
+  return y * np.asarray(weight).astype(np.float64)
+
+
+def bench_shape(op, rows, hidden, dtype, device, calls, bandwidth, rng):
+  residual = op == "residual"
+  set_bytes = rows * hidden * jnp.dtype(dtype).itemsize * (2 if residual else 1)
+  n_sets = max(2, -(-L2_ROTATION_BYTES // set_bytes)) if is_gpu(device) else 2
+  n_sets = min(n_sets, 64)
+  weight = jax.device_put(rng.standard_normal(hidden).astype(np.float32) * 0.5 + 1, device)
+  arg_sets = []
+  for _ in range(n_sets):
+    x = jax.device_put(rng.standard_normal((rows, hidden)).astype(dtype), device)
+    r = jax.device_put(rng.standard_normal((rows, hidden)).astype(dtype), device) if residual else None
+    arg_sets.append((x, r, weight) if residual else (x, weight))
+  ours = jax.jit(jax_rmsnorm.rms_norm_residual if residual else jax_rmsnorm.rms_norm)
+  xla = jax.jit(reference.rms_norm_residual if residual else reference.rms_norm)
+
+  first = arg_sets[0]
+  want = reference64(first[0], first[1] if residual else None, weight, 1e-6)
+  errors = []
+  for fn in (ours, xla):
+    out = fn(*first)
+    y = out[0] if residual else out
+    errors.append(float(np.max(np.abs(np.asarray(y).astype(np.float64) - want))))
+
+  ours_us, ours_e2e = measure(ours, arg_sets, device, calls)
+  xla_us, xla_e2e = measure(xla, arg_sets, device, calls)
+  moved = (4 if residual else 2) * rows * hidden * jnp.dtype(dtype).itemsize
+  return {
+      "op": op, "dtype": jnp.dtype(dtype).name, "rows": rows, "hidden": hidden,
+      "ours_us": ours_us, "xla_us": xla_us, "speedup": xla_us / ours_us,
+      "ours_pct_copy_bw": 100 * moved / (ours_us * 1e-6) / bandwidth,
+      "xla_pct_copy_bw": 100 * moved / (xla_us * 1e-6) / bandwidth,
+      "ours_end_to_end_us": ours_e2e, "xla_end_to_end_us": xla_e2e,
+      "ours_max_err": errors[0], "xla_max_err": errors[1],
+  }
+
+
+def print_table(results, device, bandwidth, timer):
+  print(f"\ndevice: {device.device_kind} ({device.platform}); timer: {timer}; "
+        f"copy bandwidth {bandwidth / 1e12:.3f} TB/s (read + write)")
+  header = (f"{'op':<9}{'dtype':<9}{'rows':>8}{'hidden':>8}{'ours µs':>10}{'xla µs':>10}"
+            f"{'speedup':>9}{'ours %bw':>10}{'xla %bw':>9}{'e2e ours':>10}{'e2e xla':>9}"
+            f"{'err ours':>10}{'err xla':>9}")
+  print(header)
+  print("-" * len(header))
+  for r in results:
+    print(f"{r['op']:<9}{r['dtype']:<9}{r['rows']:>8}{r['hidden']:>8}{r['ours_us']:>10.1f}"
+          f"{r['xla_us']:>10.1f}{r['speedup']:>8.2f}x{r['ours_pct_copy_bw']:>9.1f}%"
+          f"{r['xla_pct_copy_bw']:>8.1f}%{r['ours_end_to_end_us']:>10.1f}{r['xla_end_to_end_us']:>9.1f}"
+          f"{r['ours_max_err']:>10.2e}{r['xla_max_err']:>9.2e}")
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--quick", action="store_true", help="a few small shapes")
+  parser.add_argument("--dtypes", default="bfloat16", help="comma-separated: bfloat16,float16,float32")
+  parser.add_argument("--ops", default="forward,residual")
+  parser.add_argument("--calls", type=int, default=30, help="timed calls per measurement")
+  parser.add_argument("--json", help="write the results here")
+  args = parser.parse_args(argv)
+
+  device = jax.devices()[0]
+  shapes = QUICK_SHAPES if args.quick else (FULL_SHAPES if is_gpu(device) else CPU_SHAPES)
+  calls = min(args.calls, 10) if args.quick else args.calls
+  timer = "device kernels (profiler)" if is_gpu(device) else "host clock"
+  rng = np.random.default_rng(0)
+  bandwidth = copy_bandwidth(device, calls)
+  results = []
+  for op in args.ops.split(","):
+    for dtype in args.dtypes.split(","):
+      for rows, hidden in shapes:
+        results.append(bench_shape(op, rows, hidden, jnp.dtype(dtype), device, calls, bandwidth, rng))
+        print(f"  {op} {dtype} {rows}x{hidden}: {results[-1]['ours_us']:.1f} µs", file=sys.stderr, flush=True)
+  print_table(results, device, bandwidth, timer)
+  if args.json:
+    record = {
+        "command": "python benchmarks/bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": datetime.date.today().isoformat(), "device": device.device_kind,
+        "jax": jax.__version__, "timer": timer, "copy_bandwidth_bytes_per_s": bandwidth,
+        "results": results,
+    }
+    with open(args.json, "w") as f:
+      json.dump(record, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One call on the GPU machine: install, check it loads, GPU tests, benchmark.
+# Usage (from the repo root): bash benchmarks/gpu_session.sh [pytest args...]
+# Installs wheelhouse/*.whl when one was carried over, else builds from source
+# offline. Logs and results go under $OUT (the device tool brings them back).
+set -uo pipefail
+export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/jax_rmsnorm_out}
+mkdir -p "$OUT"
+
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv
+if compgen -G "wheelhouse/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-deps --no-index --force-reinstall wheelhouse/*.whl
+else
+  python3 -m pip install -q --no-build-isolation --no-deps . 2>&1 | tail -3
+fi
+python3 -c "import jax, jax_rmsnorm; print('jax', jax.__version__, jax.devices(), 'cuda handlers:', jax_rmsnorm.HAS_CUDA)" || exit 1
+
+if [ "${SKIP_TESTS:-0}" != 1 ]; then
+  pytest tests -q -rs -p no:cacheprovider "$@" 2>&1 | tee "$OUT/pytest.log" | tail -25
+fi
+if [ "${SKIP_BENCH:-0}" != 1 ]; then
+  python3 benchmarks/bench.py ${BENCH_ARGS:-} --json "$OUT/bench.json" 2> "$OUT/bench.err" | tee "$OUT/bench.txt"
+  tail -3 "$OUT/bench.err"
+fi

@@ -1,0 +1,31 @@
+// XLA FFI handlers for the CUDA platform. They only enqueue work on XLA's stream
+// (no allocation, no synchronisation), so they are marked command-buffer compatible.
+#include "ffi/fwd_call.h"
+#include "ffi/handlers.h"
+#include "kernels/rms_norm_cuda.h"
+
+namespace jax_rmsnorm {
+
+static ffi::Error RmsNormFwdCuda(cudaStream_t stream, float eps, bool has_residual,
+                                 bool has_weight, bool save_rstd, ffi::RemainingArgs args,
+                                 ffi::RemainingRets rets) {
+  FwdProblem p;
+  ffi::Error error = decode_fwd_call(args, rets, eps, has_residual, has_weight, save_rstd, p);
+  if (error.failure()) return error;
+  const std::string message = rms_norm_fwd_cuda(p, stream);
+  if (!message.empty()) return ffi::Error::Internal("jax_rmsnorm forward: " + message);
+  return ffi::Error::Success();
+}
+
+}  // namespace jax_rmsnorm
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_rmsnorm_fwd_cuda, jax_rmsnorm::RmsNormFwdCuda,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::PlatformStream<cudaStream_t>>()
+                                  .Attr<float>("eps")
+                                  .Attr<bool>("has_residual")
+                                  .Attr<bool>("has_weight")
+                                  .Attr<bool>("save_rstd")
+                                  .RemainingArgs()   // x, [residual], [weight]
+                                  .RemainingRets(),  // y, [residual_out], [rstd]
+                              {xla::ffi::Traits::kCmdBufferCompatible});

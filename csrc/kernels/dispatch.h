@@ -1,0 +1,36 @@
+// The one dtype dispatch. `Types` maps each DType to the platform's element type
+// (CUDA: __nv_bfloat16 and __half; CPU: the storage types in cpu/half.h).
+#pragma once
+
+#include "kernels/problem.h"
+
+namespace jax_rmsnorm {
+
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+template <typename Types, typename F>
+decltype(auto) dispatch_dtype(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::kBF16:
+      return f(TypeTag<typename Types::BF16>{});
+    case DType::kF16:
+      return f(TypeTag<typename Types::F16>{});
+    case DType::kF32:
+    default:
+      return f(TypeTag<float>{});
+  }
+}
+
+// Calls f(TypeTag<X>, TypeTag<W>) for the row dtype X and the weight dtype W.
+template <typename Types, typename F>
+decltype(auto) dispatch_dtypes(DType x_dtype, DType weight_dtype, F&& f) {
+  return dispatch_dtype<Types>(x_dtype, [&](auto x_tag) -> decltype(auto) {
+    return dispatch_dtype<Types>(weight_dtype,
+                                 [&](auto w_tag) -> decltype(auto) { return f(x_tag, w_tag); });
+  });
+}
+
+}  // namespace jax_rmsnorm

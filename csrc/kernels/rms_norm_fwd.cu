@@ -1,0 +1,242 @@
+// Forward RMSNorm (optionally fused with the residual add) on CUDA.
+//
+// Two kernels, both one read of every input element in the common case:
+//  - rms_norm_fwd_registers: the row lives in registers (CHUNKS accesses per thread),
+//    shared by threads_per_row threads of a CTA, or by a cluster of CTAs for long rows.
+//  - rms_norm_fwd_streaming: rows longer than a cluster can hold; two passes, the
+//    second served mostly from L2.
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "kernels/dispatch.h"
+#include "kernels/launch_config.h"
+#include "kernels/numeric.cuh"
+#include "kernels/reduce.cuh"
+#include "kernels/rms_norm_cuda.h"
+
+namespace jax_rmsnorm {
+namespace {
+
+struct CudaTypes {
+  using BF16 = __nv_bfloat16;
+  using F16 = __half;
+};
+
+// s = round(x + residual) elementwise, in place in `s`.
+template <typename T, int VEC>
+__device__ __forceinline__ void add_residual(Packed<T, VEC>& s, const Packed<T, VEC>& r) {
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) s.v[j] = from_float<T>(to_float(s.v[j]) + to_float(r.v[j]));
+}
+
+template <typename T, int VEC>
+__device__ __forceinline__ float sum_of_squares(const Packed<T, VEC>& s) {
+  float acc = 0.f;
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) {
+    const float f = to_float(s.v[j]);
+    acc += f * f;
+  }
+  return acc;
+}
+
+// y = round(s * rstd * w), with w = 1 when there is no weight.
+template <typename T, typename W, int VEC>
+__device__ __forceinline__ Packed<T, VEC> normalize(const Packed<T, VEC>& s, float rstd,
+                                                    const W* weight) {
+  float w[VEC];
+  if (weight != nullptr) {
+    load_as_float<VEC>(weight, w);
+  } else {
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) w[j] = 1.f;
+  }
+  Packed<T, VEC> y;
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) y.v[j] = from_float<T>(to_float(s.v[j]) * rstd * w[j]);
+  return y;
+}
+
+__device__ __forceinline__ float inverse_rms(float sum_sq, const FwdProblem& p) {
+  return rsqrtf(sum_sq / static_cast<float>(p.hidden) + p.eps);
+}
+
+template <typename W>
+__device__ __forceinline__ const W* weight_row(const FwdProblem& p, int64_t row) {
+  if (p.weight == nullptr) return nullptr;
+  return static_cast<const W*>(p.weight) + (row / p.rows_per_weight) * p.hidden;
+}
+
+template <typename T, typename W, int VEC, int CHUNKS>
+__global__ void __launch_bounds__(kMaxBlock)
+    rms_norm_fwd_registers(FwdProblem p, int threads_per_row, int cluster) {
+  __shared__ RowSumScratch scratch;
+  const T* __restrict__ x = static_cast<const T*>(p.x);
+  const T* __restrict__ residual = static_cast<const T*>(p.residual);
+
+  // Which row this thread works on, and its index among the row's threads.
+  int64_t row, lane, row_threads;
+  if (cluster > 1) {
+    row = blockIdx.x / cluster;
+    lane = int64_t(blockIdx.x % cluster) * blockDim.x + threadIdx.x;
+    row_threads = int64_t(cluster) * blockDim.x;
+  } else {
+    row = int64_t(blockIdx.x) * (blockDim.x / threads_per_row) + threadIdx.x / threads_per_row;
+    lane = threadIdx.x % threads_per_row;
+    row_threads = threads_per_row;
+  }
+  const bool row_ok = row < p.rows;
+  const int64_t offset = row * p.hidden;
+  auto column = [&](int c) { return (c * row_threads + lane) * VEC; };
+
+  // Phase 1: the whole row into registers (all loads issued before any use).
+  Packed<T, VEC> s[CHUNKS];
+#pragma unroll
+  for (int c = 0; c < CHUNKS; ++c) {
+    if (row_ok && column(c) < p.hidden) {
+      s[c] = load_packed<T, VEC>(x + offset + column(c));
+      if (residual != nullptr) add_residual(s[c], load_packed<T, VEC>(residual + offset + column(c)));
+    } else {
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) s[c].v[j] = from_float<T>(0.f);
+    }
+  }
+  float sum_sq = 0.f;
+#pragma unroll
+  for (int c = 0; c < CHUNKS; ++c) sum_sq += sum_of_squares(s[c]);
+  if (p.residual_out != nullptr && row_ok) {
+#pragma unroll
+    for (int c = 0; c < CHUNKS; ++c) {
+      if (column(c) < p.hidden) store_packed(static_cast<T*>(p.residual_out) + offset + column(c), s[c]);
+    }
+  }
+
+  // Phase 2: one reduction, then scale and write the row.
+  const int reduce_threads = cluster > 1 ? int(blockDim.x) : threads_per_row;
+  const float rstd = inverse_rms(row_sum(sum_sq, reduce_threads, cluster, scratch), p);
+  if (!row_ok) return;
+  if (p.rstd != nullptr && lane == 0) p.rstd[row] = rstd;
+  const W* w = weight_row<W>(p, row);
+#pragma unroll
+  for (int c = 0; c < CHUNKS; ++c) {
+    if (column(c) < p.hidden) {
+      store_packed(static_cast<T*>(p.y) + offset + column(c),
+                   normalize<T, W, VEC>(s[c], rstd, w ? w + column(c) : nullptr));
+    }
+  }
+}
+
+template <typename T, typename W, int VEC>
+__global__ void __launch_bounds__(kMaxBlock) rms_norm_fwd_streaming(FwdProblem p) {
+  __shared__ RowSumScratch scratch;
+  const int64_t row = blockIdx.x;
+  const int64_t offset = row * p.hidden;
+  const int64_t step = int64_t(blockDim.x) * VEC;
+  T* residual_out = static_cast<T*>(p.residual_out);
+
+  float sum_sq = 0.f;
+  for (int64_t col = int64_t(threadIdx.x) * VEC; col < p.hidden; col += step) {
+    Packed<T, VEC> s = load_packed<T, VEC>(static_cast<const T*>(p.x) + offset + col);
+    if (p.residual != nullptr) {
+      add_residual(s, load_packed<T, VEC>(static_cast<const T*>(p.residual) + offset + col));
+      store_packed(residual_out + offset + col, s);
+    }
+    sum_sq += sum_of_squares(s);
+  }
+  const float rstd = inverse_rms(row_sum(sum_sq, blockDim.x, 1, scratch), p);
+  if (p.rstd != nullptr && threadIdx.x == 0) p.rstd[row] = rstd;
+
+  // Second pass: with a residual, re-read the sum this same thread just stored.
+  const T* source = p.residual != nullptr ? residual_out : static_cast<const T*>(p.x);
+  const W* w = weight_row<W>(p, row);
+  for (int64_t col = int64_t(threadIdx.x) * VEC; col < p.hidden; col += step) {
+    const Packed<T, VEC> s = load_packed<T, VEC>(source + offset + col);
+    store_packed(static_cast<T*>(p.y) + offset + col,
+                 normalize<T, W, VEC>(s, rstd, w ? w + col : nullptr));
+  }
+}
+
+template <typename Kernel, typename... Args>
+cudaError_t launch(Kernel kernel, const FwdLaunch& l, cudaStream_t stream, Args... args) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(l.grid));
+  config.blockDim = dim3(l.block);
+  config.stream = stream;
+  cudaLaunchAttribute attrs[1];
+  if (l.cluster > 1) {
+    attrs[0].id = cudaLaunchAttributeClusterDimension;
+    attrs[0].val.clusterDim.x = l.cluster;
+    attrs[0].val.clusterDim.y = 1;
+    attrs[0].val.clusterDim.z = 1;
+    config.attrs = attrs;
+    config.numAttrs = 1;
+  }
+  return cudaLaunchKernelEx(&config, kernel, args...);
+}
+
+template <typename T, typename W, int VEC>
+cudaError_t launch_registers(const FwdProblem& p, const FwdLaunch& l, cudaStream_t stream) {
+  using Kernel = void (*)(FwdProblem, int, int);
+  Kernel kernel = nullptr;
+  switch (l.chunks) {
+    case 1: kernel = rms_norm_fwd_registers<T, W, VEC, 1>; break;
+    case 2: kernel = rms_norm_fwd_registers<T, W, VEC, 2>; break;
+    case 4: kernel = rms_norm_fwd_registers<T, W, VEC, 4>; break;
+    case 8: kernel = rms_norm_fwd_registers<T, W, VEC, 8>; break;
+    default: return cudaErrorInvalidConfiguration;
+  }
+  return launch(kernel, l, stream, p, l.threads_per_row, l.cluster);
+}
+
+template <typename T, typename W, int VEC>
+cudaError_t launch_vec(const FwdProblem& p, const FwdLaunch& l, cudaStream_t stream) {
+  if (l.kernel == FwdKernel::kStreaming) return launch(rms_norm_fwd_streaming<T, W, VEC>, l, stream, p);
+  return launch_registers<T, W, VEC>(p, l, stream);
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// Thread-block clusters need sm_90; cached per device (the query is cheap, but the
+// handler runs on every call).
+int max_cluster_size() {
+  static std::atomic<int> cached[64];
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return 1;
+  if (device < 0 || device >= 64) return 1;
+  int value = cached[device].load(std::memory_order_relaxed);
+  if (value == 0) {
+    int major = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    value = major >= 9 ? 8 : 1;
+    cached[device].store(value, std::memory_order_relaxed);
+  }
+  return value;
+}
+
+}  // namespace
+
+std::string rms_norm_fwd_cuda(const FwdProblem& p, cudaStream_t stream) {
+  if (p.rows == 0 || p.hidden == 0) return {};
+  const int elem_bytes = dtype_bytes(p.x_dtype);
+  const int vec = 16 / elem_bytes;
+  // Weight accesses are vec elements wide: 16 bytes, or 8 for a 2-byte weight beside float32 rows.
+  const int weight_piece = vec * dtype_bytes(p.weight_dtype) < 16 ? vec * dtype_bytes(p.weight_dtype) : 16;
+  const bool vector_ok =
+      p.hidden % vec == 0 && aligned16(p.x) && aligned16(p.y) &&
+      (p.residual == nullptr || (aligned16(p.residual) && aligned16(p.residual_out))) &&
+      (p.weight == nullptr || reinterpret_cast<uintptr_t>(p.weight) % weight_piece == 0);
+  const FwdLaunch l = choose_fwd_launch(p.rows, p.hidden, elem_bytes, vector_ok, max_cluster_size());
+  if (l.grid > 0x7fffffff) return "too many rows for one launch (grid exceeds 2^31-1 blocks)";
+
+  const cudaError_t err = dispatch_dtypes<CudaTypes>(p.x_dtype, p.weight_dtype, [&](auto x_tag, auto w_tag) {
+    using T = typename decltype(x_tag)::type;
+    using W = typename decltype(w_tag)::type;
+    return l.vec == 1 ? launch_vec<T, W, 1>(p, l, stream)
+                      : launch_vec<T, W, 16 / sizeof(T)>(p, l, stream);
+  });
+  if (err != cudaSuccess) return std::string("kernel launch failed: ") + cudaGetErrorString(err);
+  return {};
+}
+
+}  // namespace jax_rmsnorm

@@ -1,0 +1,63 @@
+"""Argument checks shared by the kernels' public functions and the reference.
+
+Everything here runs at trace time, before anything is launched, and raises a
+``TypeError`` or ``ValueError`` that names the offending argument.
+"""
+
+import math
+import numbers
+
+import jax.numpy as jnp
+import numpy as np
+
+SUPPORTED_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+_DTYPE_NAMES = "float32, bfloat16 or float16"
+
+
+def as_array(name, value):
+  """Returns `value` as a JAX array (or tracer), with a dtype we support."""
+  if value is None:
+    raise TypeError(f"{name} must be an array, got None")
+  try:
+    array = jnp.asarray(value)
+  except TypeError as e:
+    raise TypeError(f"{name} must be an array of {_DTYPE_NAMES}, got {type(value).__name__}") from e
+  if array.dtype not in SUPPORTED_DTYPES:
+    raise TypeError(f"{name} must have dtype {_DTYPE_NAMES}, got {array.dtype}")
+  return array
+
+
+def check_x(x):
+  x = as_array("x", x)
+  if x.ndim < 1:
+    raise ValueError(f"x must have rank >= 1 (normalized over its last axis), got shape {x.shape}")
+  return x
+
+
+def check_residual(residual, x):
+  residual = as_array("residual", residual)
+  if residual.shape != x.shape or residual.dtype != x.dtype:
+    raise ValueError(
+        f"residual must have the shape and dtype of x {x.shape} {x.dtype}, "
+        f"got {residual.shape} {residual.dtype}")
+  return residual
+
+
+def check_weight(weight, x):
+  if weight is None:
+    return None
+  weight = as_array("weight", weight)
+  hidden = x.shape[-1]
+  if weight.shape != (hidden,):
+    raise ValueError(f"weight must have shape (hidden,) = ({hidden},), got {weight.shape}")
+  return weight
+
+
+def check_eps(eps):
+  # eps is baked into the compiled call, so it must be a concrete number.
+  if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, numbers.Real):
+    raise TypeError(f"eps must be a Python float, got {type(eps).__name__}")
+  eps = float(eps)
+  if not math.isfinite(eps) or eps < 0:
+    raise ValueError(f"eps must be finite and >= 0, got {eps}")
+  return eps

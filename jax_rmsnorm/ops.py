@@ -1,0 +1,47 @@
+"""The public operations: argument checks, then the primitive."""
+
+from jax_rmsnorm import _checks
+from jax_rmsnorm.primitives import rms_norm_fwd
+
+
+def rms_norm(x, weight=None, *, eps=1e-6):
+  """RMSNorm over the last axis of ``x``.
+
+  ``y = x * rsqrt(mean(x**2, axis=-1) + eps) * weight``, with statistics and scaling
+  in float32 and one rounding at the end to ``x.dtype``.
+
+  Args:
+    x: array of float32, bfloat16 or float16, rank >= 1, any leading dims.
+    weight: ``None`` (no scale) or an array of shape ``(x.shape[-1],)`` of any of
+      the three dtypes (a float32 scale on bfloat16 activations is the usual case).
+    eps: a Python float >= 0, added to the mean square.
+
+  Returns:
+    ``y``, shaped and typed like ``x``.
+  """
+  x = _checks.check_x(x)
+  weight = _checks.check_weight(weight, x)
+  eps = _checks.check_eps(eps)
+  (y,) = rms_norm_fwd(x, None, weight, eps=eps)
+  return y
+
+
+def rms_norm_residual(x, residual, weight=None, *, eps=1e-6):
+  """Fused residual add and RMSNorm, in one pass over memory.
+
+  ``new_residual = x + residual`` rounded to ``residual.dtype``, and
+  ``y = rms_norm(new_residual, weight, eps=eps)``: exactly the unfused composition.
+
+  Args:
+    x, residual: arrays of the same shape and dtype (float32, bfloat16 or float16).
+    weight, eps: as in :func:`rms_norm`.
+
+  Returns:
+    ``(y, new_residual)``, both shaped and typed like ``x``.
+  """
+  x = _checks.check_x(x)
+  residual = _checks.check_residual(residual, x)
+  weight = _checks.check_weight(weight, x)
+  eps = _checks.check_eps(eps)
+  y, new_residual = rms_norm_fwd(x, residual, weight, eps=eps)
+  return y, new_residual

@@ -1,0 +1,113 @@
+"""Shared test machinery: devices, a float64 reference, tolerances, inputs, poisoning.
+
+Every test that takes the `device` fixture runs on the CPU and, when JAX sees a
+GPU, again on the GPU, with the same assertions.
+"""
+
+import secrets
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+
+import jax_rmsnorm  # noqa: F401  (registers the FFI targets)
+
+# (rtol, atol) of y against the float64 reference, per output dtype. y is rounded
+# once to its dtype (half an ulp: 2^-9 bf16, 2^-12 f16); the rest is float32
+# accumulation and rsqrt.
+TOLERANCE = {
+    np.dtype(np.float32): (2e-5, 2e-6),
+    np.dtype(ml_dtypes.bfloat16): (8e-3, 1e-5),
+    np.dtype(np.float16): (1e-3, 1e-5),
+}
+
+DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
+
+
+def _gpu_devices():
+  try:
+    return jax.devices("gpu")
+  except RuntimeError:
+    return []
+
+
+GPUS = _gpu_devices()
+
+
+@pytest.fixture(params=["cpu", "gpu"])
+def device(request):
+  if request.param == "gpu":
+    if not GPUS:
+      pytest.skip("no GPU visible to JAX")
+    return GPUS[0]
+  return jax.devices("cpu")[0]
+
+
+class SeededRng:
+  """A numpy Generator that remembers its seed, for failure messages."""
+
+  def __init__(self, seed):
+    self.seed = seed
+    self._generator = np.random.default_rng(seed)
+
+  def __getattr__(self, name):
+    return getattr(self._generator, name)
+
+
+@pytest.fixture
+def rng():
+  """A fresh generator per test; its seed is in the failure message."""
+  return SeededRng(secrets.randbits(32))
+
+
+def random_array(rng, shape, dtype, scale=1.0, mean=0.0):
+  values = rng.standard_normal(shape) * scale + mean
+  return np.asarray(values).astype(jnp.dtype(dtype))
+
+
+def reference64(x, residual=None, weight=None, eps=1e-6):
+  """(y, new_residual) computed in float64 from the (rounded) inputs."""
+  x = np.asarray(x)
+  s = x.astype(np.float64)
+  new_residual = None
+  if residual is not None:
+    new_residual = (s + np.asarray(residual).astype(np.float64)).astype(x.dtype)
+    s = new_residual.astype(np.float64)
+  with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+    mean_sq = np.mean(s * s, axis=-1, keepdims=True) if s.shape[-1] else np.zeros(s.shape[:-1] + (1,))
+    y = s / np.sqrt(mean_sq + eps)
+    if weight is not None:
+      y = y * np.asarray(weight).astype(np.float64)
+  return y, new_residual
+
+
+def assert_close(out, ref, dtype, what="y", seed=None):
+  """out (any dtype) against a float64 reference; NaN only where the reference has NaN."""
+  out = np.asarray(out)
+  assert out.dtype == np.dtype(dtype), f"{what}: dtype {out.dtype}, expected {np.dtype(dtype)}"
+  assert out.shape == ref.shape, f"{what}: shape {out.shape}, expected {ref.shape}"
+  out64 = out.astype(np.float64)
+  ref_nan = np.isnan(ref)
+  np.testing.assert_array_equal(np.isnan(out64), ref_nan, err_msg=f"{what}: NaN positions (seed {seed})")
+  rtol, atol = TOLERANCE[np.dtype(dtype)]
+  ok = ref_nan | (out64 == ref) | (np.abs(out64 - ref) <= atol + rtol * np.abs(ref))
+  if not ok.all():
+    bad = np.argwhere(~ok)[:5]
+    raise AssertionError(
+        f"{what}: {int((~ok).sum())} of {ok.size} elements off (seed {seed}); first at "
+        f"{bad.tolist()}: got {out64[tuple(bad[0])]}, expected {ref[tuple(bad[0])]}")
+
+
+def poison(device, nbytes):
+  """Fills freed device memory with NaN so that the next allocations likely reuse it:
+  an element the kernel fails to write then shows up as NaN."""
+  if nbytes:
+    filler = jax.device_put(np.full(max(nbytes // 4, 1), np.nan, np.float32), device)
+    filler.block_until_ready()
+    del filler
+
+
+def on_device(device, *arrays):
+  return [None if a is None else jax.device_put(a, device) for a in arrays]

@@ -1,0 +1,112 @@
+"""rms_norm and rms_norm_residual against a float64 reference, on every device."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jax_rmsnorm
+from conftest import DTYPES, assert_close, on_device, poison, random_array, reference64
+
+HIDDEN = [1, 3, 8, 127, 128, 1000, 4096, 4097, 8192, 65536, 262144, 262147]
+LEADING = [(), (0,), (7,), (2, 3, 5)]
+WEIGHT_DTYPES = [None] + DTYPES
+
+
+def run_forward(device, rng, shape, x_dtype, w_dtype, residual, eps=1e-6, fn_wrapper=jax.jit):
+  """Runs one op on `device` and checks it (y, and new_residual bit for bit)."""
+  x = random_array(rng, shape, x_dtype, scale=2.0, mean=0.5)
+  r = random_array(rng, shape, x_dtype) if residual else None
+  w = None if w_dtype is None else random_array(rng, shape[-1:], w_dtype, scale=0.5, mean=1.0)
+  y_ref, new_res_ref = reference64(x, r, w, eps)
+
+  xd, rd, wd = on_device(device, x, r, w)
+  poison(device, 2 * x.nbytes)
+  if residual:
+    y, new_res = fn_wrapper(lambda a, b, c: jax_rmsnorm.rms_norm_residual(a, b, c, eps=eps))(xd, rd, wd)
+    assert new_res.dtype == x.dtype
+    np.testing.assert_array_equal(np.asarray(new_res).view(np.uint8), new_res_ref.view(np.uint8),
+                                  err_msg=f"new_residual (seed {rng.seed})")
+  else:
+    y = fn_wrapper(lambda a, c: jax_rmsnorm.rms_norm(a, c, eps=eps))(xd, wd)
+  assert y.devices() == {device}
+  assert_close(y, y_ref, x_dtype, seed=rng.seed)
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("x_dtype,w_dtype", [(jnp.bfloat16, jnp.float32), (jnp.float16, None),
+                                             (jnp.float32, jnp.bfloat16)],
+                         ids=["bf16-f32", "f16-none", "f32-bf16"])
+@pytest.mark.parametrize("leading", LEADING, ids=str)
+@pytest.mark.parametrize("hidden", HIDDEN)
+def test_shapes(device, rng, hidden, leading, x_dtype, w_dtype, residual):
+  run_forward(device, rng, leading + (hidden,), x_dtype, w_dtype, residual)
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("w_dtype", WEIGHT_DTYPES, ids=lambda d: "none" if d is None else jnp.dtype(d).name)
+@pytest.mark.parametrize("x_dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("shape", [(2, 3, 4096), (5, 4097), (33, 128), (4, 1), (3, 24576)], ids=str)
+def test_dtype_combinations(device, rng, shape, x_dtype, w_dtype, residual):
+  run_forward(device, rng, shape, x_dtype, w_dtype, residual)
+
+
+@pytest.mark.parametrize("eps", [0.0, 1e-6, 0.1, 3])
+def test_eps(device, rng, eps):
+  run_forward(device, rng, (9, 512), jnp.float32, jnp.float32, False, eps=eps)
+
+
+def test_eager_matches_jit_bitwise(device, rng):
+  x, w = on_device(device, random_array(rng, (6, 1000), jnp.bfloat16), random_array(rng, (1000,), jnp.float32))
+  with jax.default_device(device):
+    eager = jax_rmsnorm.rms_norm(x, w)
+  jitted = jax.jit(jax_rmsnorm.rms_norm)(x, w)
+  np.testing.assert_array_equal(np.asarray(eager), np.asarray(jitted))
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+def test_zero_rows_and_nonfinite_rows_stay_local(device, rng, residual):
+  """A row of zeros normalizes to zeros; NaN or Inf in one row changes only that row."""
+  x = random_array(rng, (8, 300), jnp.float32)
+  r = random_array(rng, (8, 300), jnp.float32) if residual else None
+  w = random_array(rng, (300,), jnp.float32)
+  fn = jax.jit(jax_rmsnorm.rms_norm_residual if residual else jax_rmsnorm.rms_norm)
+  call = (lambda a: fn(a, *on_device(device, r, w))[0]) if residual else (lambda a: fn(a, *on_device(device, w)))
+  clean = np.asarray(call(*on_device(device, x)))
+  bad = x.copy()
+  bad[1, 7] = np.nan
+  bad[4, 0] = np.inf
+  bad[6, :] = 0 if r is None else -r[6, :]  # a row whose (new) values are all zero
+  out = np.asarray(call(*on_device(device, bad)))
+  y_ref, _ = reference64(bad, r, w)
+  assert_close(out, y_ref, jnp.float32, seed=rng.seed)
+  assert np.isnan(out[1]).all()
+  np.testing.assert_array_equal(out[6], np.zeros(300, np.float32))
+  untouched = [0, 2, 3, 5, 7]
+  np.testing.assert_array_equal(out[untouched], clean[untouched])
+
+
+def test_lowers_to_the_ffi_call():
+  """The jitted ops are one FFI custom call each, not a jnp fallback."""
+  x = jnp.ones((4, 256), jnp.bfloat16)
+  w = jnp.ones((256,), jnp.float32)
+  for fn, args in [(jax_rmsnorm.rms_norm, (x, w)), (jax_rmsnorm.rms_norm_residual, (x, x, w))]:
+    text = jax.jit(fn).lower(*args).as_text()
+    assert text.count("stablehlo.custom_call @jax_rmsnorm_fwd_v1") == 1, text
+    assert "stablehlo.reduce" not in text and "rsqrt" not in text, text
+
+
+def test_checker_catches_wrong_results(rng):
+  """The comparison helper itself fails on a wrong element, a NaN and a wrong dtype."""
+  ref = rng.standard_normal((4, 64))
+  good = ref.astype(np.float32)
+  assert_close(good, ref, np.float32)
+  wrong = good.copy()
+  wrong[2, 5] += 0.01
+  nan = good.copy()
+  nan[1, 1] = np.nan
+  for bad in (wrong, nan):
+    with pytest.raises(AssertionError):
+      assert_close(bad, ref, np.float32)
+  with pytest.raises(AssertionError):
+    assert_close(good.astype(np.float16), ref, np.float32)
