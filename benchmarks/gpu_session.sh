@@ -14,7 +14,7 @@ if compgen -G "wheelhouse/*.whl" > /dev/null; then
 else
   python3 -m pip install -q --no-build-isolation --no-deps . 2>&1 | tail -3
 fi
-python3 -c "import jax, jax_rmsnorm; print('jax', jax.__version__, jax.devices(), 'cuda handlers:', jax_rmsnorm.HAS_CUDA)" || exit 1
+(cd /tmp && python3 -c "import jax, jax_rmsnorm; print('jax', jax.__version__, jax.devices(), 'cuda handlers:', jax_rmsnorm.HAS_CUDA)") || exit 1
 
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   pytest tests -q -rs -p no:cacheprovider "$@" 2>&1 | tee "$OUT/pytest.log" | tail -25

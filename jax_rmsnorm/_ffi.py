@@ -5,9 +5,17 @@ names the target it was lowered with, so a later release that changes a handler'
 signature registers a new name beside the old one instead of breaking old exports.
 """
 
+import os
+
 import jax
 
-from jax_rmsnorm import _jax_rmsnorm
+try:
+  from jax_rmsnorm import _jax_rmsnorm
+except ImportError as e:
+  raise ImportError(
+      f"jax_rmsnorm's compiled extension is missing from {os.path.dirname(__file__)}. If that "
+      "is the source checkout (Python puts the current directory first on sys.path), run "
+      "from another directory, or install with `pip install .`.") from e
 
 FWD_TARGET = "jax_rmsnorm_fwd_v1"
 
