@@ -13,7 +13,9 @@ reported beside it. On a CPU the host clock is the device clock.
 
 Every time is also shown as a fraction of the device's copy bandwidth, measured
 in the same run (an elementwise pass over 1 GiB, bytes read + written), and as a
-speedup over the XLA reference. Errors are max |out - float64 reference|.
+speedup over the XLA reference. Errors are max |out - float64 reference| (of y for the
+forward ops, of dx for the backward ones). Byte floors: forward reads x and writes y
+(2 passes over N x H), residual 4, backward 3 (reads x and dy, writes dx), fwd+bwd 5.
 """
 
 import argparse
@@ -32,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jax_rmsnorm
-from jax_rmsnorm import reference
+from jax_rmsnorm import primitives, reference
 
 # (rows, hidden): decode, the usual hidden sizes, short rows (q/k norms), long rows.
 FULL_SHAPES = [(1, 4096), (32, 4096), (1024, 4096), (4096, 4096), (16384, 4096), (32768, 4096),
@@ -112,7 +114,8 @@ def copy_bandwidth(device, calls):
   return 2 * a.nbytes / (kernel_us * 1e-6)
 
 
-def reference64(x, residual, weight, eps):
+def reference64(x, residual, weight, eps=1e-6):
+  """y in float64 from the (rounded) inputs."""
   s = np.asarray(x).astype(np.float64)
   if residual is not None:
     s = (s + np.asarray(residual).astype(np.float64)).astype(x.dtype).astype(np.float64)
@@ -120,31 +123,81 @@ def reference64(x, residual, weight, eps):
   return y * np.asarray(weight).astype(np.float64)
 
 
-def bench_shape(op, rows, hidden, dtype, device, calls, bandwidth, rng):
-  residual = op == "residual"
-  set_bytes = rows * hidden * jnp.dtype(dtype).itemsize * (2 if residual else 1)
-  n_sets = max(2, -(-L2_ROTATION_BYTES // set_bytes)) if is_gpu(device) else 2
-  n_sets = min(n_sets, 64)
-  weight = jax.device_put(rng.standard_normal(hidden).astype(np.float32) * 0.5 + 1, device)
-  arg_sets = []
-  for _ in range(n_sets):
-    x = jax.device_put(rng.standard_normal((rows, hidden)).astype(dtype), device)
-    r = jax.device_put(rng.standard_normal((rows, hidden)).astype(dtype), device) if residual else None
-    arg_sets.append((x, r, weight) if residual else (x, weight))
-  ours = jax.jit(jax_rmsnorm.rms_norm_residual if residual else jax_rmsnorm.rms_norm)
-  xla = jax.jit(reference.rms_norm_residual if residual else reference.rms_norm)
+def reference_dx64(x, weight, dy, eps=1e-6):
+  """dx of rms_norm in float64: rstd * (g - n * mean(g * n)), n = x * rstd, g = dy * w."""
+  s = np.asarray(x).astype(np.float64)
+  rstd = 1 / np.sqrt(np.mean(s * s, axis=-1, keepdims=True) + eps)
+  n = s * rstd
+  g = np.asarray(dy).astype(np.float64) * np.asarray(weight).astype(np.float64)
+  return rstd * (g - n * np.mean(g * n, axis=-1, keepdims=True))
 
-  first = arg_sets[0]
-  want = reference64(first[0], first[1] if residual else None, weight, 1e-6)
+
+def _vjp_of(op):
+  """(x, w, dy) -> (y, dx, dweight): one forward and backward, as in a training step."""
+  def fwd_bwd(x, w, dy):
+    y, vjp = jax.vjp(op, x, w)
+    return (y,) + vjp(dy)
+  return fwd_bwd
+
+
+def _backward_only(x, w, dy, rstd):
+  return primitives.rms_norm_bwd(dy, x, rstd, w, want_dweight=True)
+
+
+# Each op: how many row-sized arrays it reads + writes (its byte floor), the arrays
+# each input set holds, our function and XLA's, and which output is checked against
+# which float64 reference.
+OPS = {
+    "forward": dict(passes=2, arrays=("x",), ours=lambda x, w: jax_rmsnorm.rms_norm(x, w),
+                    xla=lambda x, w: reference.rms_norm(x, w),
+                    check=lambda out, a, w: (out, reference64(a["x"], None, w))),
+    "residual": dict(passes=4, arrays=("x", "r"),
+                     ours=lambda x, r, w: jax_rmsnorm.rms_norm_residual(x, r, w),
+                     xla=lambda x, r, w: reference.rms_norm_residual(x, r, w),
+                     check=lambda out, a, w: (out[0], reference64(a["x"], a["r"], w))),
+    # Our backward kernels alone (rstd saved by the forward) against XLA's gradient of
+    # the reference, which recomputes the statistics it needs.
+    "backward": dict(passes=3, arrays=("x", "dy", "rstd"),
+                     ours=lambda x, dy, rstd, w: _backward_only(x, w, dy, rstd),
+                     xla=lambda x, dy, rstd, w: jax.vjp(reference.rms_norm, x, w)[1](dy),
+                     check=lambda out, a, w: (out[0], reference_dx64(a["x"], w, a["dy"]))),
+    # Forward and backward together, as a training step runs them.
+    "fwd+bwd": dict(passes=5, arrays=("x", "dy"),
+                    ours=lambda x, dy, w: _vjp_of(jax_rmsnorm.rms_norm)(x, w, dy),
+                    xla=lambda x, dy, w: _vjp_of(reference.rms_norm)(x, w, dy),
+                    check=lambda out, a, w: (out[1], reference_dx64(a["x"], w, a["dy"]))),
+}
+
+
+def make_inputs(names, rows, hidden, dtype, weight, device, rng):
+  arrays = {}
+  for name in names:
+    if name == "rstd":
+      (_, rstd) = primitives.rms_norm_fwd(arrays["x"], None, weight, eps=1e-6, save_rstd=True)
+      arrays[name] = rstd
+    else:
+      arrays[name] = jax.device_put(rng.standard_normal((rows, hidden)).astype(dtype), device)
+  return arrays
+
+
+def bench_shape(op, rows, hidden, dtype, device, calls, bandwidth, rng):
+  spec = OPS[op]
+  row_arrays = [a for a in spec["arrays"] if a != "rstd"]
+  set_bytes = rows * hidden * jnp.dtype(dtype).itemsize * len(row_arrays)
+  n_sets = min(64, max(2, -(-L2_ROTATION_BYTES // set_bytes))) if is_gpu(device) else 2
+  weight = jax.device_put(rng.standard_normal(hidden).astype(np.float32) * 0.5 + 1, device)
+  input_sets = [make_inputs(spec["arrays"], rows, hidden, dtype, weight, device, rng) for _ in range(n_sets)]
+  arg_sets = [tuple(inputs[a] for a in spec["arrays"]) + (weight,) for inputs in input_sets]
+  ours, xla = jax.jit(spec["ours"]), jax.jit(spec["xla"])
+
   errors = []
   for fn in (ours, xla):
-    out = fn(*first)
-    y = out[0] if residual else out
-    errors.append(float(np.max(np.abs(np.asarray(y).astype(np.float64) - want))))
+    got, want = spec["check"](fn(*arg_sets[0]), input_sets[0], weight)
+    errors.append(float(np.max(np.abs(np.asarray(got).astype(np.float64) - want))))
 
   ours_us, ours_e2e = measure(ours, arg_sets, device, calls)
   xla_us, xla_e2e = measure(xla, arg_sets, device, calls)
-  moved = (4 if residual else 2) * rows * hidden * jnp.dtype(dtype).itemsize
+  moved = spec["passes"] * rows * hidden * jnp.dtype(dtype).itemsize
   return {
       "op": op, "dtype": jnp.dtype(dtype).name, "rows": rows, "hidden": hidden,
       "ours_us": ours_us, "xla_us": xla_us, "speedup": xla_us / ours_us,
@@ -156,7 +209,7 @@ def bench_shape(op, rows, hidden, dtype, device, calls, bandwidth, rng):
 
 
 def print_table(results, device, bandwidth, timer):
-  print(f"\ndevice: {device.device_kind} ({device.platform}); timer: {timer}; "
+  print(f"\ndevice: {device.device_kind} ({device.platform}); jax {jax.__version__}; timer: {timer}; "
         f"copy bandwidth {bandwidth / 1e12:.3f} TB/s (read + write)")
   header = (f"{'op':<9}{'dtype':<9}{'rows':>8}{'hidden':>8}{'ours µs':>10}{'xla µs':>10}"
             f"{'speedup':>9}{'ours %bw':>10}{'xla %bw':>9}{'e2e ours':>10}{'e2e xla':>9}"
@@ -174,7 +227,7 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="a few small shapes")
   parser.add_argument("--dtypes", default="bfloat16", help="comma-separated: bfloat16,float16,float32")
-  parser.add_argument("--ops", default="forward,residual")
+  parser.add_argument("--ops", default=",".join(OPS), help="comma-separated: " + ",".join(OPS))
   parser.add_argument("--calls", type=int, default=30, help="timed calls per measurement")
   parser.add_argument("--json", help="write the results here")
   args = parser.parse_args(argv)

@@ -19,6 +19,13 @@ fi
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   pytest tests -q -rs -p no:cacheprovider "$@" 2>&1 | tee "$OUT/pytest.log" | tail -25
 fi
+if [ -n "${SANITIZE:-}" ]; then
+  # memcheck sees out-of-bounds accesses only between separate allocations, so XLA's
+  # pooling allocator is swapped for one cudaMalloc per buffer.
+  XLA_PYTHON_CLIENT_ALLOCATOR=platform compute-sanitizer --tool memcheck --error-exitcode 99 \
+    pytest tests/test_forward.py tests/test_grad.py -q -p no:cacheprovider -k "gpu and ($SANITIZE)" \
+    2>&1 | tee "$OUT/sanitizer.log" | grep -E "ERROR SUMMARY|passed|failed|error" | tail -5
+fi
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   python3 benchmarks/bench.py ${BENCH_ARGS:-} --json "$OUT/bench.json" 2> "$OUT/bench.err" | tee "$OUT/bench.txt"
   tail -3 "$OUT/bench.err"

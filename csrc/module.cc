@@ -3,6 +3,7 @@
 #include <nanobind/nanobind.h>
 
 #include "ffi/handlers.h"
+#include "kernels/launch_config.h"
 
 namespace nb = nanobind;
 
@@ -19,12 +20,18 @@ NB_MODULE(_jax_rmsnorm, m) {
   m.def("cpu_targets", []() {
     nb::dict targets;
     targets["jax_rmsnorm_fwd_v1"] = capsule(jax_rmsnorm_fwd_cpu);
+    targets["jax_rmsnorm_bwd_v1"] = capsule(jax_rmsnorm_bwd_cpu);
     return targets;
   });
+  // The backward's dweight partial buffer is sized from the same launch heuristic the
+  // kernel uses, so the primitive's abstract evaluation asks for it here.
+  m.def("bwd_ctas_per_weight_row", &jax_rmsnorm::bwd_ctas_per_weight_row, nb::arg("rows_per_weight"),
+        nb::arg("hidden"), nb::arg("elem_bytes"));
   m.def("cuda_targets", []() {
     nb::dict targets;
 #ifdef JAX_RMSNORM_WITH_CUDA
     targets["jax_rmsnorm_fwd_v1"] = capsule(jax_rmsnorm_fwd_cuda);
+    targets["jax_rmsnorm_bwd_v1"] = capsule(jax_rmsnorm_bwd_cuda);
 #endif
     return targets;
   });

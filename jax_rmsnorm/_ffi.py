@@ -18,12 +18,17 @@ except ImportError as e:
       "from another directory, or install with `pip install .`.") from e
 
 FWD_TARGET = "jax_rmsnorm_fwd_v1"
+BWD_TARGET = "jax_rmsnorm_bwd_v1"
+
+#: How many CTAs (float32 dweight partial rows) the backward uses per weight row;
+#: shared with the kernels' launch heuristic (csrc/kernels/launch_config.h).
+bwd_ctas_per_weight_row = _jax_rmsnorm.bwd_ctas_per_weight_row
 
 _CPU_TARGETS = _jax_rmsnorm.cpu_targets()
 _CUDA_TARGETS = _jax_rmsnorm.cuda_targets()
 
 #: True when the extension was built with the CUDA handlers.
-HAS_CUDA = FWD_TARGET in _CUDA_TARGETS
+HAS_CUDA = FWD_TARGET in _CUDA_TARGETS and BWD_TARGET in _CUDA_TARGETS
 
 for _name, _capsule in _CPU_TARGETS.items():
   jax.ffi.register_ffi_target(_name, _capsule, platform="cpu")

@@ -1,40 +1,140 @@
-"""The JAX primitive behind both ops: abstract eval, lowering, batching.
+"""The JAX primitives behind both ops: abstract eval, lowering, batching, autodiff.
 
-``rms_norm_fwd_p`` takes ``x, [residual], [weight]`` and returns
-``y, [new_residual], [rstd]``; static parameters say which are present. Its
-lowering is the FFI call ``FWD_TARGET`` on ``cpu`` and ``cuda``; the handler in
-``csrc/ffi`` decodes it and runs the kernel in ``csrc/kernels`` (or ``csrc/cpu``).
+``rms_norm_fwd_p``: ``x, [residual], [weight] -> y, [new_residual], [rstd]``. Lowers to
+the FFI call ``FWD_TARGET``; ``rstd`` (float32, per row) is written only when asked for,
+which only the JVP rule does, so inference writes nothing extra.
+
+``rms_norm_tangent_p``: the linearized forward, linear in ``dx, [dresidual], [dweight]``
+given ``s`` (x or new_residual), ``rstd`` and ``weight``. Evaluating it (forward mode:
+``jax.jvp``, ``jax.jacfwd``) runs plain jnp; transposing it (reverse mode: ``grad``,
+``vjp``) binds ``rms_norm_bwd_p``.
+
+``rms_norm_bwd_p``: ``dy, s, rstd, [weight], [d_new_residual] -> dx, [dweight, partials]``.
+Lowers to the FFI call ``BWD_TARGET``; ``partials`` is the float32 scratch in which the
+kernel reduces ``dweight`` deterministically (XLA allocates it, so the handler never does).
+
+Each FFI call is decoded by ``csrc/ffi/calls.h`` and runs ``csrc/kernels`` (CUDA) or
+``csrc/cpu`` (CPU).
 """
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.core import ShapedArray
 from jax.extend.core import Primitive
-from jax.interpreters import batching, mlir
+from jax.interpreters import ad, batching, mlir
 
 from jax_rmsnorm import _ffi
 
 rms_norm_fwd_p = Primitive("jax_rmsnorm_fwd")
 rms_norm_fwd_p.multiple_results = True
+rms_norm_tangent_p = Primitive("jax_rmsnorm_tangent")
+rms_norm_tangent_p.multiple_results = True
+rms_norm_bwd_p = Primitive("jax_rmsnorm_bwd")
+rms_norm_bwd_p.multiple_results = True
 
 
 def rms_norm_fwd(x, residual=None, weight=None, *, eps, save_rstd=False):
-  """Binds the primitive. Returns the tuple ``(y, [new_residual], [rstd])``."""
-  operands = [a for a in (x, residual, weight) if a is not None]
+  """Binds the forward. Returns the tuple ``(y, [new_residual], [rstd])``."""
   return rms_norm_fwd_p.bind(
-      *operands, eps=float(eps), has_residual=residual is not None,
+      *_present(x, residual, weight), eps=float(eps), has_residual=residual is not None,
       has_weight=weight is not None, save_rstd=bool(save_rstd))
 
 
-def _split(operands, has_residual, has_weight):
-  """(x, residual or None, weight or None) from the flat operand list."""
-  rest = list(operands[1:])
-  residual = rest.pop(0) if has_residual else None
-  weight = rest.pop(0) if has_weight else None
-  return operands[0], residual, weight
+# ---------------------------------------------------------------------------- helpers
+
+
+def _present(*operands):
+  return [a for a in operands if a is not None]
+
+
+def _take(values, *present):
+  """Splits a flat operand list into one entry per flag (None where the flag is off)."""
+  values, out = list(values), []
+  for flag in present:
+    out.append(values.pop(0) if flag else None)
+  assert not values, values
+  return out
+
+
+def _dweight_partials_shape(s_shape, weight_shape, dtype):
+  """[*weight_lead, ctas_per_weight_row, hidden]: one float32 row per backward CTA."""
+  hidden = s_shape[-1]
+  lead = tuple(weight_shape[:-1])
+  weight_rows = math.prod(lead)
+  rows = math.prod(s_shape[:-1])
+  rows_per_weight = rows // weight_rows if weight_rows else 0
+  ctas = _ffi.bwd_ctas_per_weight_row(rows_per_weight, hidden, jnp.dtype(dtype).itemsize)
+  return lead + (ctas, hidden)
+
+
+def _move_batch_axis(a, dim, axis, size):
+  """`a` with its batch axis at `axis`, broadcast there when `a` is unbatched."""
+  if dim is None:
+    a = jnp.expand_dims(a, axis)
+    return jnp.broadcast_to(a, a.shape[:axis] + (size,) + a.shape[axis + 1:])
+  return jnp.moveaxis(a, dim, axis)
+
+
+def _batch(rows_like, row_dims, weight_like, weight_dims, size, batch_weight=False):
+  """Moves batch axes so that the primitive sees one more leading dim.
+
+  ``rows_like`` are x-shaped or per-row operands, ``weight_like`` weight-shaped ones
+  (None where absent). A batched weight (or `batch_weight`) goes to axis 0 with x's
+  batch axis; the kernel pairs each weight row with its block of x rows. A shared
+  weight's leading dims must stay a prefix of x's, so x's batch axis goes right after
+  them. Returns (rows_like, weight_like, axis of the batch in x-shaped outputs).
+  """
+  weights = [w for w in weight_like if w is not None]
+  if batch_weight or any(d is not None for w, d in zip(weight_like, weight_dims) if w is not None):
+    weight_like = [None if w is None else _move_batch_axis(w, d, 0, size)
+                   for w, d in zip(weight_like, weight_dims)]
+    axis = 0
+  else:
+    axis = weights[0].ndim - 1 if weights else 0
+  rows_like = [None if a is None else _move_batch_axis(a, d, axis, size)
+               for a, d in zip(rows_like, row_dims)]
+  return rows_like, weight_like, axis
+
+
+def _batch_size(operands, dims):
+  return next(a.shape[d] for a, d in zip(operands, dims) if d is not None)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_bind(primitive, params):
+  return jax.jit(functools.partial(primitive.bind, **dict(params)))
+
+
+def _def_impl(primitive):
+  # Eager calls run the same compiled FFI call that jit does.
+  primitive.def_impl(lambda *operands, **params: _jitted_bind(
+      primitive, tuple(sorted(params.items())))(*operands))
+
+
+def _ffi_lowering(target, platform, attributes):
+  """Lowering to FFI `target`; `attributes(avals_in, params)` gives its attributes."""
+  lower = jax.ffi.ffi_lowering(target)
+
+  def lowering(ctx, *operands, **params):
+    if platform == "cuda" and not _ffi.HAS_CUDA:
+      raise NotImplementedError(
+          "jax_rmsnorm was built without its CUDA handlers; reinstall it on a machine "
+          "with nvcc (or with JAX_RMSNORM_CUDA=ON) to run on the GPU")
+    return lower(ctx, *operands, **attributes(ctx.avals_in, params))
+
+  return lowering
+
+
+def _register_lowerings(primitive, target, attributes):
+  for platform in ("cpu", "cuda"):
+    mlir.register_lowering(primitive, _ffi_lowering(target, platform, attributes), platform=platform)
+
+
+# ---------------------------------------------------------------------------- forward
 
 
 def _fwd_abstract_eval(*operands, eps, has_residual, has_weight, save_rstd):
@@ -48,60 +148,162 @@ def _fwd_abstract_eval(*operands, eps, has_residual, has_weight, save_rstd):
   return outs
 
 
-@functools.lru_cache(maxsize=None)
-def _jitted_bind(params):
-  return jax.jit(functools.partial(rms_norm_fwd_p.bind, **dict(params)))
-
-
-def _fwd_impl(*operands, **params):
-  # Eager calls run the same compiled FFI call as jit does.
-  return _jitted_bind(tuple(sorted(params.items())))(*operands)
-
-
-def _fwd_lowering(platform):
-  lower_ffi = jax.ffi.ffi_lowering(_ffi.FWD_TARGET)
-
-  def lowering(ctx, *operands, eps, has_residual, has_weight, save_rstd):
-    if platform == "cuda" and not _ffi.HAS_CUDA:
-      raise NotImplementedError(
-          "jax_rmsnorm was built without its CUDA handlers; reinstall it on a machine "
-          "with nvcc (or with JAX_RMSNORM_CUDA=ON) to run on the GPU")
-    return lower_ffi(ctx, *operands, eps=np.float32(eps), has_residual=bool(has_residual),
-                     has_weight=bool(has_weight), save_rstd=bool(save_rstd))
-
-  return lowering
-
-
-def _move_batch_axis(a, dim, axis, size):
-  """`a` with its batch axis at `axis`, broadcast there when `a` is unbatched."""
-  if dim is None:
-    a = jnp.expand_dims(a, axis)
-    return jnp.broadcast_to(a, a.shape[:axis] + (size,) + a.shape[axis + 1:])
-  return jnp.moveaxis(a, dim, axis)
+def _fwd_attributes(avals_in, params):
+  del avals_in
+  return dict(eps=np.float32(params["eps"]), has_residual=bool(params["has_residual"]),
+              has_weight=bool(params["has_weight"]), save_rstd=bool(params["save_rstd"]))
 
 
 def _fwd_batch(operands, dims, *, has_residual, has_weight, **params):
-  size = next(a.shape[d] for a, d in zip(operands, dims) if d is not None)
-  x, residual, weight = _split(operands, has_residual, has_weight)
-  x_dim, residual_dim, weight_dim = _split(dims, has_residual, has_weight)
-  if weight is not None and weight_dim is not None:
-    # A batched weight becomes [batch, *lead, hidden]; the kernel pairs row r of x
-    # with weight row r // (rows / weight_rows), so x's batch axis goes first too.
-    weight = jnp.moveaxis(weight, weight_dim, 0)
-    axis = 0
-  else:
-    # A shared weight's leading dims must stay a prefix of x's: batch right after them.
-    axis = weight.ndim - 1 if weight is not None else 0
-  x = _move_batch_axis(x, x_dim, axis, size)
-  if residual is not None:
-    residual = _move_batch_axis(residual, residual_dim, axis, size)
-  operands = [a for a in (x, residual, weight) if a is not None]
-  outs = rms_norm_fwd_p.bind(*operands, has_residual=has_residual, has_weight=has_weight, **params)
+  x, residual, weight = _take(operands, True, has_residual, has_weight)
+  x_dim, residual_dim, weight_dim = _take(dims, True, has_residual, has_weight)
+  (x, residual), (weight,), axis = _batch(
+      [x, residual], [x_dim, residual_dim], [weight], [weight_dim], _batch_size(operands, dims))
+  outs = rms_norm_fwd_p.bind(*_present(x, residual, weight), has_residual=has_residual,
+                             has_weight=has_weight, **params)
   return outs, [axis] * len(outs)
 
 
-rms_norm_fwd_p.def_impl(_fwd_impl)
+def _fwd_jvp(primals, tangents, *, eps, has_residual, has_weight, save_rstd):
+  x, residual, weight = _take(primals, True, has_residual, has_weight)
+  dx, dresidual, dweight = _take(tangents, True, has_residual, has_weight)
+  outs = rms_norm_fwd_p.bind(*primals, eps=eps, has_residual=has_residual,
+                             has_weight=has_weight, save_rstd=True)
+  y, new_residual, rstd = _take(outs, True, has_residual, True)
+  s = new_residual if has_residual else x
+  has_weight_tangent = has_weight and type(dweight) is not ad.Zero
+  tangent_outs = rms_norm_tangent_p.bind(
+      s, rstd, *_present(weight), ad.instantiate_zeros(dx),
+      *([ad.instantiate_zeros(dresidual)] if has_residual else []),
+      *([dweight] if has_weight_tangent else []),
+      has_residual=has_residual, has_weight=has_weight, has_weight_tangent=has_weight_tangent)
+  primal_out = [y] + ([new_residual] if has_residual else []) + ([rstd] if save_rstd else [])
+  tangent_out = list(tangent_outs)
+  if save_rstd:  # only reached when differentiating a differentiated forward
+    ds = tangent_outs[1] if has_residual else ad.instantiate_zeros(dx)
+    n = s.astype(jnp.float32) * rstd[..., None]
+    tangent_out.append(-rstd * jnp.mean(n * ds.astype(jnp.float32), axis=-1) * rstd)
+  return primal_out, tangent_out
+
+
+# ---------------------------------------------------------------------------- tangent
+
+
+def _tangent_abstract_eval(s, *operands, has_residual, has_weight, has_weight_tangent):
+  del operands, has_weight, has_weight_tangent
+  return [ShapedArray(s.shape, s.dtype)] * (2 if has_residual else 1)
+
+
+def _tangent_jnp(s, rstd, *operands, has_residual, has_weight, has_weight_tangent):
+  """dy = rstd * w * (ds - n * mean(n * ds)) + n * dweight with n = s * rstd, in float32."""
+  weight, dx, dresidual, dweight = _take(operands, has_weight, True, has_residual, has_weight_tangent)
+  ds = dx.astype(jnp.float32)
+  if has_residual:
+    ds = ds + dresidual.astype(jnp.float32)
+  rstd = rstd[..., None]
+  n = s.astype(jnp.float32) * rstd
+  dy = rstd * (ds - n * jnp.mean(n * ds, axis=-1, keepdims=True))
+  if has_weight:
+    dy = dy * _expand_weight(weight, s).astype(jnp.float32)
+  if has_weight_tangent:
+    dy = dy + n * _expand_weight(dweight, s).astype(jnp.float32)
+  outs = [dy.astype(s.dtype)]
+  if has_residual:
+    outs.append(ds.astype(s.dtype))
+  return outs
+
+
+def _expand_weight(weight, s):
+  """A [*lead, hidden] weight broadcastable against s [*lead, *rest, hidden]."""
+  return weight.reshape(weight.shape[:-1] + (1,) * (s.ndim - weight.ndim) + weight.shape[-1:])
+
+
+def _tangent_batch(operands, dims, *, has_residual, has_weight, has_weight_tangent):
+  s, rstd, weight, dx, dresidual, dweight = _take(
+      operands, True, True, has_weight, True, has_residual, has_weight_tangent)
+  s_d, rstd_d, weight_d, dx_d, dresidual_d, dweight_d = _take(
+      dims, True, True, has_weight, True, has_residual, has_weight_tangent)
+  (s, rstd, dx, dresidual), (weight, dweight), axis = _batch(
+      [s, rstd, dx, dresidual], [s_d, rstd_d, dx_d, dresidual_d], [weight, dweight],
+      [weight_d, dweight_d], _batch_size(operands, dims))
+  outs = rms_norm_tangent_p.bind(
+      *_present(s, rstd, weight, dx, dresidual, dweight), has_residual=has_residual,
+      has_weight=has_weight, has_weight_tangent=has_weight_tangent)
+  return outs, [axis] * len(outs)
+
+
+def _tangent_transpose(cotangents, s, rstd, *operands, has_residual, has_weight, has_weight_tangent):
+  weight, dx, dresidual, dweight = _take(operands, has_weight, True, has_residual, has_weight_tangent)
+  ct_y, ct_new_residual = _take(cotangents, True, has_residual)
+  ct_y = ad.instantiate_zeros(ct_y)
+  has_residual_grad = has_residual and type(ct_new_residual) is not ad.Zero
+  want_dweight = has_weight_tangent and ad.is_undefined_primal(dweight)
+  d_s, d_weight = rms_norm_bwd(ct_y, s, rstd, weight, ct_new_residual if has_residual_grad else None,
+                               want_dweight=want_dweight)
+  # ds flows unchanged to both x and residual (new_residual = x + residual).
+  return ([None, None] + ([None] if has_weight else [])
+          + [d_s if ad.is_undefined_primal(dx) else None]
+          + ([d_s if ad.is_undefined_primal(dresidual) else None] if has_residual else [])
+          + ([d_weight] if has_weight_tangent else []))
+
+
+# ---------------------------------------------------------------------------- backward
+
+
+def rms_norm_bwd(dy, s, rstd, weight=None, d_new_residual=None, *, want_dweight):
+  """Binds the backward. Returns ``(dx, dweight or None)``."""
+  outs = rms_norm_bwd_p.bind(
+      dy, s, rstd, *_present(weight, d_new_residual), has_weight=weight is not None,
+      has_residual_grad=d_new_residual is not None, want_dweight=bool(want_dweight))
+  return outs[0], (outs[1] if want_dweight else None)
+
+
+def _bwd_abstract_eval(dy, s, rstd, *operands, has_weight, has_residual_grad, want_dweight):
+  del dy, rstd, has_residual_grad
+  outs = [ShapedArray(s.shape, s.dtype)]
+  if want_dweight:
+    weight = operands[0] if has_weight else None
+    outs.append(ShapedArray(weight.shape, weight.dtype))
+    outs.append(ShapedArray(_dweight_partials_shape(s.shape, weight.shape, s.dtype), jnp.float32))
+  return outs
+
+
+def _bwd_attributes(avals_in, params):
+  s = avals_in[1]
+  weight_shape = avals_in[3].shape if params["has_weight"] else s.shape[-1:]
+  ctas = _dweight_partials_shape(s.shape, weight_shape, s.dtype)[-2]
+  return dict(has_weight=bool(params["has_weight"]),
+              has_residual_grad=bool(params["has_residual_grad"]),
+              want_dweight=bool(params["want_dweight"]), ctas_per_weight_row=np.int64(ctas))
+
+
+def _bwd_batch(operands, dims, *, has_weight, has_residual_grad, want_dweight):
+  dy, s, rstd, weight, d_new = _take(operands, True, True, True, has_weight, has_residual_grad)
+  dy_d, s_d, rstd_d, weight_d, d_new_d = _take(dims, True, True, True, has_weight, has_residual_grad)
+  # Each batch element needs its own dweight, so a wanted dweight batches the weight.
+  (dy, s, rstd, d_new), (weight,), axis = _batch(
+      [dy, s, rstd, d_new], [dy_d, s_d, rstd_d, d_new_d], [weight], [weight_d],
+      _batch_size(operands, dims), batch_weight=want_dweight)
+  outs = rms_norm_bwd_p.bind(*_present(dy, s, rstd, weight, d_new), has_weight=has_weight,
+                             has_residual_grad=has_residual_grad, want_dweight=want_dweight)
+  return outs, [axis] + [0] * (len(outs) - 1)
+
+
+# ---------------------------------------------------------------------------- registration
+
+_def_impl(rms_norm_fwd_p)
 rms_norm_fwd_p.def_abstract_eval(_fwd_abstract_eval)
-mlir.register_lowering(rms_norm_fwd_p, _fwd_lowering("cpu"), platform="cpu")
-mlir.register_lowering(rms_norm_fwd_p, _fwd_lowering("cuda"), platform="cuda")
+_register_lowerings(rms_norm_fwd_p, _ffi.FWD_TARGET, _fwd_attributes)
 batching.primitive_batchers[rms_norm_fwd_p] = _fwd_batch
+ad.primitive_jvps[rms_norm_fwd_p] = _fwd_jvp
+
+rms_norm_tangent_p.def_impl(_tangent_jnp)
+rms_norm_tangent_p.def_abstract_eval(_tangent_abstract_eval)
+mlir.register_lowering(rms_norm_tangent_p, mlir.lower_fun(_tangent_jnp, multiple_results=True))
+batching.primitive_batchers[rms_norm_tangent_p] = _tangent_batch
+ad.primitive_transposes[rms_norm_tangent_p] = _tangent_transpose
+
+_def_impl(rms_norm_bwd_p)
+rms_norm_bwd_p.def_abstract_eval(_bwd_abstract_eval)
+_register_lowerings(rms_norm_bwd_p, _ffi.BWD_TARGET, _bwd_attributes)
+batching.primitive_batchers[rms_norm_bwd_p] = _bwd_batch

@@ -83,15 +83,17 @@ def reference64(x, residual=None, weight=None, eps=1e-6):
   return y, new_residual
 
 
-def assert_close(out, ref, dtype, what="y", seed=None):
-  """out (any dtype) against a float64 reference; NaN only where the reference has NaN."""
+def assert_close(out, ref, dtype, what="y", seed=None, atol=None):
+  """out (any dtype) against a float64 reference; NaN only where the reference has NaN.
+  `atol` overrides the dtype's absolute tolerance (gradients scale it to their size)."""
   out = np.asarray(out)
   assert out.dtype == np.dtype(dtype), f"{what}: dtype {out.dtype}, expected {np.dtype(dtype)}"
   assert out.shape == ref.shape, f"{what}: shape {out.shape}, expected {ref.shape}"
   out64 = out.astype(np.float64)
   ref_nan = np.isnan(ref)
   np.testing.assert_array_equal(np.isnan(out64), ref_nan, err_msg=f"{what}: NaN positions (seed {seed})")
-  rtol, atol = TOLERANCE[np.dtype(dtype)]
+  rtol, default_atol = TOLERANCE[np.dtype(dtype)]
+  atol = default_atol if atol is None else atol
   ok = ref_nan | (out64 == ref) | (np.abs(out64 - ref) <= atol + rtol * np.abs(ref))
   if not ok.all():
     bad = np.argwhere(~ok)[:5]
@@ -111,3 +113,41 @@ def poison(device, nbytes):
 
 def on_device(device, *arrays):
   return [None if a is None else jax.device_put(a, device) for a in arrays]
+
+
+def reference_grads64(x, residual, weight, ct_y, ct_new_residual=None, eps=1e-6):
+  """(ds, dweight) from jax.grad of the op in float64, at the (rounded) normalized input s.
+  ds is the gradient of both x and residual."""
+  s = np.asarray(x)
+  if residual is not None:
+    s = (s.astype(np.float64) + np.asarray(residual).astype(np.float64)).astype(s.dtype)
+  with jax.enable_x64(True):
+    s64 = jnp.asarray(np.asarray(s).astype(np.float64))
+    ct_y64 = jnp.asarray(np.asarray(ct_y).astype(np.float64))
+
+    def loss(s, w):
+      y = s * jax.lax.rsqrt(jnp.mean(s * s, axis=-1, keepdims=True) + eps)
+      if w is not None:
+        y = y * w
+      total = jnp.sum(y * ct_y64)
+      if ct_new_residual is not None:
+        total = total + jnp.sum(s * jnp.asarray(np.asarray(ct_new_residual).astype(np.float64)))
+      return total
+
+    w64 = None if weight is None else jnp.asarray(np.asarray(weight).astype(np.float64))
+    ds, dw = jax.grad(loss, argnums=(0, 1))(s64, w64) if weight is not None else (jax.grad(loss)(s64, None), None)
+    # The sizes of the terms that cancel in ds = rstd * (g - n * mean(g * n)) and that
+    # are summed into dweight = sum(dy * n): float32 arithmetic errs relative to those.
+    rstd = jax.lax.rsqrt(jnp.mean(s64 * s64, axis=-1, keepdims=True) + eps)
+    g = ct_y64 * (w64 if w64 is not None else 1.0)
+    ds_scale = float(jnp.max(jnp.abs(g) * rstd)) if s64.size else 0.0
+    dw_terms = jnp.abs(ct_y64 * s64 * rstd).reshape(-1, s64.shape[-1]).sum(axis=0)
+    dw_scale = float(jnp.max(dw_terms)) if s64.size else 0.0
+    return (np.asarray(ds), None if dw is None else np.asarray(dw)), (ds_scale, dw_scale)
+
+
+def grad_atol(ref, dtype, term_scale):
+  """Gradients cancel (g - n * mean(g * n)) and sum many terms: their absolute error
+  scales with the size of the result (final rounding) and of the terms (float32 math)."""
+  rtol, _ = TOLERANCE[np.dtype(dtype)]
+  return rtol * 0.1 * (float(np.max(np.abs(ref))) if ref.size else 0.0) + 1e-6 * term_scale + 1e-30

@@ -1,6 +1,6 @@
 // XLA FFI handlers for the CPU platform.
 #include "cpu/rms_norm_cpu.h"
-#include "ffi/fwd_call.h"
+#include "ffi/calls.h"
 #include "ffi/handlers.h"
 
 namespace jax_rmsnorm {
@@ -14,6 +14,17 @@ static ffi::Error RmsNormFwdCpu(float eps, bool has_residual, bool has_weight, b
   return ffi::Error::Success();
 }
 
+static ffi::Error RmsNormBwdCpu(bool has_weight, bool has_residual_grad, bool want_dweight,
+                                int64_t ctas_per_weight_row, ffi::RemainingArgs args,
+                                ffi::RemainingRets rets) {
+  BwdProblem p;
+  ffi::Error error = decode_bwd_call(args, rets, has_weight, has_residual_grad, want_dweight,
+                                     ctas_per_weight_row, p);
+  if (error.failure()) return error;
+  rms_norm_bwd_cpu(p);
+  return ffi::Error::Success();
+}
+
 }  // namespace jax_rmsnorm
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_rmsnorm_fwd_cpu, jax_rmsnorm::RmsNormFwdCpu,
@@ -24,3 +35,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_rmsnorm_fwd_cpu, jax_rmsnorm::RmsNormFwdCpu,
                                   .Attr<bool>("save_rstd")
                                   .RemainingArgs()    // x, [residual], [weight]
                                   .RemainingRets());  // y, [residual_out], [rstd]
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_rmsnorm_bwd_cpu, jax_rmsnorm::RmsNormBwdCpu,
+                              xla::ffi::Ffi::Bind()
+                                  .Attr<bool>("has_weight")
+                                  .Attr<bool>("has_residual_grad")
+                                  .Attr<bool>("want_dweight")
+                                  .Attr<int64_t>("ctas_per_weight_row")
+                                  .RemainingArgs()    // dy, s, rstd, [weight], [d_new_residual]
+                                  .RemainingRets());  // dx, [dweight, dweight_partials]

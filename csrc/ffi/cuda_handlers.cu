@@ -1,6 +1,6 @@
 // XLA FFI handlers for the CUDA platform. They only enqueue work on XLA's stream
 // (no allocation, no synchronisation), so they are marked command-buffer compatible.
-#include "ffi/fwd_call.h"
+#include "ffi/calls.h"
 #include "ffi/handlers.h"
 #include "kernels/rms_norm_cuda.h"
 
@@ -17,6 +17,18 @@ static ffi::Error RmsNormFwdCuda(cudaStream_t stream, float eps, bool has_residu
   return ffi::Error::Success();
 }
 
+static ffi::Error RmsNormBwdCuda(cudaStream_t stream, bool has_weight, bool has_residual_grad,
+                                 bool want_dweight, int64_t ctas_per_weight_row,
+                                 ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  BwdProblem p;
+  ffi::Error error = decode_bwd_call(args, rets, has_weight, has_residual_grad, want_dweight,
+                                     ctas_per_weight_row, p);
+  if (error.failure()) return error;
+  const std::string message = rms_norm_bwd_cuda(p, stream);
+  if (!message.empty()) return ffi::Error::Internal("jax_rmsnorm backward: " + message);
+  return ffi::Error::Success();
+}
+
 }  // namespace jax_rmsnorm
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_rmsnorm_fwd_cuda, jax_rmsnorm::RmsNormFwdCuda,
@@ -28,4 +40,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_rmsnorm_fwd_cuda, jax_rmsnorm::RmsNormFwdCuda,
                                   .Attr<bool>("save_rstd")
                                   .RemainingArgs()   // x, [residual], [weight]
                                   .RemainingRets(),  // y, [residual_out], [rstd]
+                              {xla::ffi::Traits::kCmdBufferCompatible});
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_rmsnorm_bwd_cuda, jax_rmsnorm::RmsNormBwdCuda,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::PlatformStream<cudaStream_t>>()
+                                  .Attr<bool>("has_weight")
+                                  .Attr<bool>("has_residual_grad")
+                                  .Attr<bool>("want_dweight")
+                                  .Attr<int64_t>("ctas_per_weight_row")
+                                  .RemainingArgs()   // dy, s, rstd, [weight], [d_new_residual]
+                                  .RemainingRets(),  // dx, [dweight, dweight_partials]
                               {xla::ffi::Traits::kCmdBufferCompatible});

@@ -64,4 +64,52 @@ inline FwdLaunch choose_fwd_launch(int64_t rows, int64_t hidden, int elem_bytes,
   return l;
 }
 
+// The backward keeps dy and s of its row in registers plus float32 dweight
+// accumulators (16 registers per bf16 chunk): 256-thread CTAs, so the compiler may use
+// up to 255 registers, and at most 4 chunks; longer rows stream.
+constexpr int kMaxBwdChunks = 4;
+constexpr int kBwdBlock = 256;
+constexpr int kSmCount = 132;                  // H100; only sizes the persistent grid
+constexpr int64_t kPartialBudgetBytes = 4 << 20;  // dweight partials: small beside the rows
+
+struct BwdLaunch {
+  FwdKernel kernel = FwdKernel::kRegisters;
+  int vec = 1;
+  int chunks = 1;
+  int threads_per_row = 1;
+  int block = 1;
+};
+
+inline BwdLaunch choose_bwd_launch(int64_t hidden, int elem_bytes, bool vector_ok) {
+  BwdLaunch l;
+  l.vec = vector_ok ? 16 / elem_bytes : 1;
+  const int64_t units = ceil_div(hidden, l.vec);
+  l.threads_per_row = next_pow2(ceil_div(units, kTargetChunks));
+  if (l.threads_per_row > kBwdBlock) l.threads_per_row = kBwdBlock;
+  const int64_t chunks = ceil_div(units, l.threads_per_row);
+  if (chunks > kMaxBwdChunks) {
+    l.kernel = FwdKernel::kStreaming;
+    l.threads_per_row = kMaxBlock;
+    l.block = kMaxBlock;
+    return l;
+  }
+  l.chunks = next_pow2(chunks);
+  l.block = kBwdBlock;
+  return l;
+}
+
+// How many CTAs (and so float32 partial rows of dweight) the backward uses per weight
+// row: enough to fill the GPU, few enough that the partials stay small. The JAX
+// primitive sizes the partial buffer with this same function (exported by the module),
+// so it must not depend on the device; the kernels stay correct for any value.
+inline int64_t bwd_ctas_per_weight_row(int64_t rows_per_weight, int64_t hidden, int elem_bytes) {
+  if (rows_per_weight <= 0 || hidden <= 0) return 1;
+  const BwdLaunch l = choose_bwd_launch(hidden, elem_bytes, hidden % (16 / elem_bytes) == 0);
+  const int64_t row_groups = ceil_div(rows_per_weight, l.block / l.threads_per_row);
+  int64_t ctas = kPartialBudgetBytes / (4 * hidden);
+  if (ctas > 1024) ctas = 1024;
+  if (ctas < kSmCount) ctas = kSmCount;
+  return row_groups < ctas ? row_groups : ctas;
+}
+
 }  // namespace jax_rmsnorm

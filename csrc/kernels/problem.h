@@ -22,10 +22,34 @@ struct FwdProblem {
   float* rstd = nullptr;  // [rows], float32, saved for the backward pass
   int64_t rows = 0;
   int64_t hidden = 0;
-  int64_t rows_per_weight = 1;
+  int64_t rows_per_weight = 1;  // 0 when there are no rows
   float eps = 0.f;
   DType x_dtype = DType::kF32;       // also the dtype of residual, y and residual_out
   DType weight_dtype = DType::kF32;  // ignored without weight
+};
+
+// The backward pass of FwdProblem, given the saved rstd. With n = s * rstd and
+// g = dy * weight: ds = rstd * (g - n * mean(g * n)) (+ d_new_residual), written to dx;
+// dweight = sum over the rows sharing a weight row of dy * n, in float32.
+// dweight is reduced deterministically: each of `ctas_per_weight_row` CTAs writes its
+// float32 partial row to dweight_partials [weight_rows * ctas_per_weight_row, hidden],
+// then a second kernel sums the partials in a fixed order.
+struct BwdProblem {
+  const void* dy = nullptr;
+  const void* s = nullptr;  // x, or new_residual for the fused op
+  const float* rstd = nullptr;
+  const void* weight = nullptr;
+  const void* d_new_residual = nullptr;  // the cotangent of new_residual, added to dx
+  void* dx = nullptr;
+  void* dweight = nullptr;  // [weight_rows, hidden] in the weight dtype; null: not wanted
+  float* dweight_partials = nullptr;
+  int64_t rows = 0;
+  int64_t hidden = 0;
+  int64_t rows_per_weight = 1;
+  int64_t weight_rows = 1;
+  int64_t ctas_per_weight_row = 1;
+  DType x_dtype = DType::kF32;
+  DType weight_dtype = DType::kF32;
 };
 
 }  // namespace jax_rmsnorm

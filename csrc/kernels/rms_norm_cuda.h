@@ -14,4 +14,8 @@ namespace jax_rmsnorm {
 // empty string on success, else what went wrong.
 std::string rms_norm_fwd_cuda(const FwdProblem& problem, cudaStream_t stream);
 
+// Enqueues the backward kernel (and, when dweight is wanted, the kernel that sums its
+// partials). Same guarantees as the forward.
+std::string rms_norm_bwd_cuda(const BwdProblem& problem, cudaStream_t stream);
+
 }  // namespace jax_rmsnorm

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <string>
 
+#include "kernels/cuda_common.cuh"
 #include "kernels/dispatch.h"
 #include "kernels/launch_config.h"
 #include "kernels/numeric.cuh"
@@ -17,11 +18,6 @@
 
 namespace jax_rmsnorm {
 namespace {
-
-struct CudaTypes {
-  using BF16 = __nv_bfloat16;
-  using F16 = __half;
-};
 
 // s = round(x + residual) elementwise, in place in `s`.
 template <typename T, int VEC>
@@ -44,14 +40,9 @@ __device__ __forceinline__ float sum_of_squares(const Packed<T, VEC>& s) {
 // y = round(s * rstd * w), with w = 1 when there is no weight.
 template <typename T, typename W, int VEC>
 __device__ __forceinline__ Packed<T, VEC> normalize(const Packed<T, VEC>& s, float rstd,
-                                                    const W* weight) {
+                                                    const W* weight, int64_t col) {
   float w[VEC];
-  if (weight != nullptr) {
-    load_as_float<VEC>(weight, w);
-  } else {
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) w[j] = 1.f;
-  }
+  load_weight<VEC>(weight, col, w);
   Packed<T, VEC> y;
 #pragma unroll
   for (int j = 0; j < VEC; ++j) y.v[j] = from_float<T>(to_float(s.v[j]) * rstd * w[j]);
@@ -122,7 +113,7 @@ __global__ void __launch_bounds__(kMaxBlock)
   for (int c = 0; c < CHUNKS; ++c) {
     if (column(c) < p.hidden) {
       store_packed(static_cast<T*>(p.y) + offset + column(c),
-                   normalize<T, W, VEC>(s[c], rstd, w ? w + column(c) : nullptr));
+                   normalize<T, W, VEC>(s[c], rstd, w, column(c)));
     }
   }
 }
@@ -153,26 +144,8 @@ __global__ void __launch_bounds__(kMaxBlock) rms_norm_fwd_streaming(FwdProblem p
   for (int64_t col = int64_t(threadIdx.x) * VEC; col < p.hidden; col += step) {
     const Packed<T, VEC> s = load_packed<T, VEC>(source + offset + col);
     store_packed(static_cast<T*>(p.y) + offset + col,
-                 normalize<T, W, VEC>(s, rstd, w ? w + col : nullptr));
+                 normalize<T, W, VEC>(s, rstd, w, col));
   }
-}
-
-template <typename Kernel, typename... Args>
-cudaError_t launch(Kernel kernel, const FwdLaunch& l, cudaStream_t stream, Args... args) {
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>(l.grid));
-  config.blockDim = dim3(l.block);
-  config.stream = stream;
-  cudaLaunchAttribute attrs[1];
-  if (l.cluster > 1) {
-    attrs[0].id = cudaLaunchAttributeClusterDimension;
-    attrs[0].val.clusterDim.x = l.cluster;
-    attrs[0].val.clusterDim.y = 1;
-    attrs[0].val.clusterDim.z = 1;
-    config.attrs = attrs;
-    config.numAttrs = 1;
-  }
-  return cudaLaunchKernelEx(&config, kernel, args...);
 }
 
 template <typename T, typename W, int VEC>
@@ -186,16 +159,18 @@ cudaError_t launch_registers(const FwdProblem& p, const FwdLaunch& l, cudaStream
     case 8: kernel = rms_norm_fwd_registers<T, W, VEC, 8>; break;
     default: return cudaErrorInvalidConfiguration;
   }
-  return launch(kernel, l, stream, p, l.threads_per_row, l.cluster);
+  return launch(kernel, dim3(static_cast<unsigned>(l.grid)), dim3(l.block), 0, l.cluster, stream,
+                p, l.threads_per_row, l.cluster);
 }
 
 template <typename T, typename W, int VEC>
 cudaError_t launch_vec(const FwdProblem& p, const FwdLaunch& l, cudaStream_t stream) {
-  if (l.kernel == FwdKernel::kStreaming) return launch(rms_norm_fwd_streaming<T, W, VEC>, l, stream, p);
+  if (l.kernel == FwdKernel::kStreaming) {
+    return launch(rms_norm_fwd_streaming<T, W, VEC>, dim3(static_cast<unsigned>(l.grid)),
+                  dim3(l.block), 0, 1, stream, p);
+  }
   return launch_registers<T, W, VEC>(p, l, stream);
 }
-
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // Thread-block clusters need sm_90; cached per device (the query is cheap, but the
 // handler runs on every call).
@@ -220,12 +195,11 @@ std::string rms_norm_fwd_cuda(const FwdProblem& p, cudaStream_t stream) {
   if (p.rows == 0 || p.hidden == 0) return {};
   const int elem_bytes = dtype_bytes(p.x_dtype);
   const int vec = 16 / elem_bytes;
-  // Weight accesses are vec elements wide: 16 bytes, or 8 for a 2-byte weight beside float32 rows.
-  const int weight_piece = vec * dtype_bytes(p.weight_dtype) < 16 ? vec * dtype_bytes(p.weight_dtype) : 16;
   const bool vector_ok =
-      p.hidden % vec == 0 && aligned16(p.x) && aligned16(p.y) &&
-      (p.residual == nullptr || (aligned16(p.residual) && aligned16(p.residual_out))) &&
-      (p.weight == nullptr || reinterpret_cast<uintptr_t>(p.weight) % weight_piece == 0);
+      p.hidden % vec == 0 && aligned_to(p.x, 16) && aligned_to(p.y, 16) &&
+      (p.residual == nullptr || (aligned_to(p.residual, 16) && aligned_to(p.residual_out, 16))) &&
+      (p.weight == nullptr ||
+       aligned_to(p.weight, weight_alignment(vec, dtype_bytes(p.weight_dtype))));
   const FwdLaunch l = choose_fwd_launch(p.rows, p.hidden, elem_bytes, vector_ok, max_cluster_size());
   if (l.grid > 0x7fffffff) return "too many rows for one launch (grid exceeds 2^31-1 blocks)";
 

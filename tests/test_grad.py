@@ -1,0 +1,228 @@
+"""Gradients of rms_norm and rms_norm_residual: hand-written backward kernels against
+jax.grad of a float64 reference, and autodiff under every transformation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import jax_rmsnorm
+from conftest import (DTYPES, assert_close, grad_atol, on_device, poison, random_array,
+                      reference_grads64)
+from test_forward import HIDDEN, LEADING, WEIGHT_DTYPES
+
+
+def run_grad(device, rng, shape, x_dtype, w_dtype, residual, with_residual_cotangent=True):
+  """vjp of one op on `device`, checked against jax.grad of the float64 reference."""
+  x = random_array(rng, shape, x_dtype, scale=2.0, mean=0.5)
+  r = random_array(rng, shape, x_dtype) if residual else None
+  w = None if w_dtype is None else random_array(rng, shape[-1:], w_dtype, scale=0.5, mean=1.0)
+  ct_y = random_array(rng, shape, x_dtype)
+  ct_new = random_array(rng, shape, x_dtype) if residual and with_residual_cotangent else None
+  (ds_ref, dw_ref), (ds_scale, dw_scale) = reference_grads64(x, r, w, ct_y, ct_new)
+
+  op = jax_rmsnorm.rms_norm_residual if residual else jax_rmsnorm.rms_norm
+  primals = [a for a in (x, r, w) if a is not None]
+
+  @jax.jit
+  def grads(primals, ct_y, ct_new):
+    _, vjp = jax.vjp(op, *primals)
+    if residual:
+      return vjp((ct_y, ct_new if ct_new is not None else jnp.zeros_like(ct_y)))
+    return vjp(ct_y)
+
+  poison(device, 3 * x.nbytes)
+  out = grads(on_device(device, *primals), *on_device(device, ct_y, ct_new if ct_new is not None else np.zeros_like(ct_y)))
+  out = list(out)
+  dx = out.pop(0)
+  assert_close(dx, ds_ref, x_dtype, "dx", rng.seed, atol=grad_atol(ds_ref, x_dtype, ds_scale))
+  if residual:
+    dres = out.pop(0)
+    np.testing.assert_array_equal(np.asarray(dres), np.asarray(dx))
+  if w is not None:
+    dw = out.pop(0)
+    assert_close(dw, dw_ref, w_dtype, "dweight", rng.seed, atol=grad_atol(dw_ref, w_dtype, dw_scale))
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("x_dtype,w_dtype", [(jnp.bfloat16, jnp.float32), (jnp.float16, None),
+                                             (jnp.float32, jnp.bfloat16)],
+                         ids=["bf16-f32", "f16-none", "f32-bf16"])
+@pytest.mark.parametrize("leading", LEADING, ids=str)
+@pytest.mark.parametrize("hidden", HIDDEN)
+def test_grad_shapes(device, rng, hidden, leading, x_dtype, w_dtype, residual):
+  run_grad(device, rng, leading + (hidden,), x_dtype, w_dtype, residual)
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("w_dtype", WEIGHT_DTYPES, ids=lambda d: "none" if d is None else jnp.dtype(d).name)
+@pytest.mark.parametrize("x_dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("shape", [(2, 3, 4096), (5, 4097), (1000, 128), (3, 24576)], ids=str)
+def test_grad_dtype_combinations(device, rng, shape, x_dtype, w_dtype, residual):
+  run_grad(device, rng, shape, x_dtype, w_dtype, residual)
+
+
+def test_residual_without_new_residual_cotangent(device, rng):
+  """Only y is used downstream: the new_residual cotangent is a symbolic zero."""
+  x, r, w = (random_array(rng, (6, 512), jnp.float32) for _ in range(3))
+  w = w[0]
+  loss = lambda x, r, w: jnp.sum(jnp.sin(jax_rmsnorm.rms_norm_residual(x, r, w)[0]))
+  ref = lambda x, r, w: jnp.sum(jnp.sin(jax_rmsnorm.reference.rms_norm_residual(x, r, w)[0]))
+  got = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(*on_device(device, x, r, w))
+  want = jax.grad(ref, argnums=(0, 1, 2))(x, r, w)
+  for g, wnt in zip(got, want):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(wnt), rtol=1e-4, atol=1e-5)
+
+
+def test_cotangent_dtypes(device, rng):
+  x = random_array(rng, (4, 256), jnp.bfloat16)
+  w = random_array(rng, (256,), jnp.float32)
+  loss = lambda x, w: jnp.sum(jax_rmsnorm.rms_norm(x, w).astype(jnp.float32))
+  dx, dw = jax.jit(jax.grad(loss, argnums=(0, 1)))(*on_device(device, x, w))
+  assert dx.dtype == jnp.bfloat16 and dw.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+def test_check_grads_float32(device, rng, residual):
+  """Finite differences, forward and reverse mode, in float32."""
+  x = random_array(rng, (3, 40), jnp.float32)
+  r = random_array(rng, (3, 40), jnp.float32)
+  w = random_array(rng, (40,), jnp.float32, mean=1.0)
+  with jax.default_device(device):
+    if residual:
+      fn, args = (lambda x, r, w: jax_rmsnorm.rms_norm_residual(x, r, w)), (x, r, w)
+    else:
+      fn, args = (lambda x, w: jax_rmsnorm.rms_norm(x, w)), (x, w)
+    check_grads(fn, on_device(device, *args), order=1, modes=("fwd", "rev"), atol=2e-2, rtol=2e-2, eps=1e-2)
+
+
+def test_forward_mode_matches_reference(device, rng):
+  x = random_array(rng, (5, 64), jnp.float32)
+  r = random_array(rng, (5, 64), jnp.float32)
+  w = random_array(rng, (64,), jnp.float32, mean=1.0)
+  tx, tr, tw = (random_array(rng, a.shape, jnp.float32) for a in (x, r, w))
+  xd, rd, wd, txd, trd, twd = on_device(device, x, r, w, tx, tr, tw)
+  got = jax.jvp(jax_rmsnorm.rms_norm_residual, (xd, rd, wd), (txd, trd, twd))
+  want = jax.jvp(jax_rmsnorm.reference.rms_norm_residual, (x, r, w), (tx, tr, tw))
+  for g, wnt in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(wnt), rtol=1e-5, atol=1e-5)
+  jac = jax.jit(jax.jacfwd(jax_rmsnorm.rms_norm, argnums=(0, 1)))(xd[0], wd)
+  jac_ref = jax.jacfwd(jax_rmsnorm.reference.rms_norm, argnums=(0, 1))(x[0], w)
+  jac_rev = jax.jit(jax.jacrev(jax_rmsnorm.rms_norm, argnums=(0, 1)))(xd[0], wd)
+  for g, r_, wnt in zip(jac, jac_rev, jac_ref):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(wnt), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(r_), np.asarray(wnt), rtol=1e-5, atol=1e-6)
+
+
+def test_grad_runs_the_backward_ffi_call():
+  x = jnp.ones((4, 256), jnp.bfloat16)
+  w = jnp.ones((256,), jnp.float32)
+  loss = lambda x, w: jnp.sum(jax_rmsnorm.rms_norm(x, w).astype(jnp.float32))
+  text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w).as_text()
+  assert text.count("stablehlo.custom_call @jax_rmsnorm_bwd_v1") == 1, text
+  assert "save_rstd = true" in text
+  inference = jax.jit(jax_rmsnorm.rms_norm).lower(x, w).as_text()
+  assert "save_rstd = false" in inference  # no rstd written without a gradient
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+def test_gradients_are_deterministic(device, rng, residual):
+  x = random_array(rng, (4096, 1024), jnp.bfloat16)
+  r = random_array(rng, (4096, 1024), jnp.bfloat16)
+  w = random_array(rng, (1024,), jnp.float32)
+  if residual:
+    loss = lambda x, r, w: jnp.sum(jax_rmsnorm.rms_norm_residual(x, r, w)[0].astype(jnp.float32) ** 2)
+    args = (x, r, w)
+  else:
+    loss = lambda x, w: jnp.sum(jax_rmsnorm.rms_norm(x, w).astype(jnp.float32) ** 2)
+    args = (x, w)
+  fn = jax.jit(jax.grad(loss, argnums=tuple(range(len(args)))))
+  args = on_device(device, *args)
+  first = [np.asarray(g) for g in fn(*args)]
+  for _ in range(3):
+    for a, b in zip(first, fn(*args)):
+      np.testing.assert_array_equal(a, np.asarray(b))
+
+
+@pytest.mark.parametrize("w_axis", [None, 0])
+def test_vmap_of_grad(device, rng, w_axis):
+  """Per-example gradients: a shared weight still gets one dweight per example."""
+  x = random_array(rng, (4, 6, 96), jnp.float32)
+  w = random_array(rng, (4, 96) if w_axis == 0 else (96,), jnp.float32, mean=1.0)
+  ct = random_array(rng, (6, 96), jnp.float32)
+  loss = lambda op: (lambda x, w: jnp.sum(op(x, w) * ct))
+  got = jax.jit(jax.vmap(jax.grad(loss(jax_rmsnorm.rms_norm), argnums=(0, 1)), in_axes=(0, w_axis)))(
+      *on_device(device, x, w))
+  want = jax.vmap(jax.grad(loss(jax_rmsnorm.reference.rms_norm), argnums=(0, 1)), in_axes=(0, w_axis))(x, w)
+  assert got[1].shape == (4, 96)
+  for g, wnt in zip(got, want):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(wnt), rtol=1e-4, atol=1e-5)
+
+
+def test_grad_of_scan_with_checkpoint(device, rng):
+  x = random_array(rng, (5, 8, 128), jnp.float32)
+  r0 = random_array(rng, (8, 128), jnp.float32)
+  w = random_array(rng, (128,), jnp.float32, mean=1.0)
+
+  def make_loss(op):
+    def body(carry, xi):
+      y, new_r = op(xi, carry[0], carry[1])
+      return (new_r, carry[1]), jnp.sum(jnp.tanh(y))
+
+    def loss(x, r0, w):
+      _, ys = jax.lax.scan(jax.checkpoint(body), (r0, w), x)
+      return jnp.sum(ys)
+    return loss
+
+  got = jax.jit(jax.value_and_grad(make_loss(jax_rmsnorm.rms_norm_residual), argnums=(0, 1, 2)))(
+      *on_device(device, x, r0, w))
+  want = jax.value_and_grad(make_loss(jax_rmsnorm.reference.rms_norm_residual), argnums=(0, 1, 2))(x, r0, w)
+  for g, wnt in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(wnt), rtol=1e-4, atol=1e-5)
+
+
+def test_flax_training_follows_reference(device):
+  """100 optax steps of a small Flax model: the same loss curve with either op."""
+  nn = pytest.importorskip("flax.linen")
+  optax = pytest.importorskip("optax")
+
+  class Model(nn.Module):
+    norm: object
+
+    @nn.compact
+    def __call__(self, x):
+      h = x
+      for _ in range(2):
+        scale = self.param(f"scale{_}", nn.initializers.ones, (h.shape[-1],), jnp.float32)
+        residual = nn.Dense(h.shape[-1])(jax.nn.gelu(h))
+        h, _unused = (self.norm.rms_norm_residual(residual, h, scale))
+      return nn.Dense(1)(self.norm.rms_norm(h))
+
+  data_rng = np.random.default_rng(0)
+  x = jax.device_put(data_rng.standard_normal((256, 64)).astype(np.float32), device)
+  target = jax.device_put(np.sin(np.asarray(x)).sum(-1, keepdims=True).astype(np.float32), device)
+
+  def train(norm_module):
+    model = Model(norm_module)
+    with jax.default_device(device):
+      params = model.init(jax.random.key(0), x)
+    tx = optax.adam(1e-2)
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, opt_state):
+      loss, grads = jax.value_and_grad(lambda p: jnp.mean((model.apply(p, x) - target) ** 2))(params)
+      updates, opt_state = tx.update(grads, opt_state)
+      return optax.apply_updates(params, updates), opt_state, loss
+
+    losses = []
+    for _ in range(100):
+      params, opt_state, loss = step(params, opt_state)
+      losses.append(float(loss))
+    return np.array(losses)
+
+  ours = train(jax_rmsnorm)
+  ref = train(jax_rmsnorm.reference)
+  assert ours[-1] < 0.5 * ours[0]  # it trains
+  np.testing.assert_allclose(ours, ref, rtol=2e-3, atol=1e-5)
