@@ -20,7 +20,13 @@ struct FwdLaunch {
 constexpr int kMaxChunks = 8;          // 8 x 16 B of row per thread: 32 registers
 constexpr int kTargetChunks = 4;       // independent 16 B loads in flight per thread
 constexpr int kMinBlock = 256;         // short rows: several rows per CTA
-constexpr int kMaxBlock = 1024;
+constexpr int kMaxBlock = 1024;        // the streaming kernels
+// The register-row forward: 512-thread CTAs leave 128 registers a thread, room for 8
+// chunks of row plus the weights (1024-thread CTAs cap it at 64 and it spilled).
+constexpr int kRegistersBlock = 512;
+// Below this many 16-byte accesses in all (about 1 MB of bf16: decode, a few rows),
+// latency rules: one access per thread, as many threads per row as a CTA holds.
+constexpr int64_t kSmallProblemAccesses = int64_t{132} * kRegistersBlock;
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -37,8 +43,9 @@ inline FwdLaunch choose_fwd_launch(int64_t rows, int64_t hidden, int elem_bytes,
   FwdLaunch l;
   l.vec = vector_ok ? 16 / elem_bytes : 1;
   const int64_t units = ceil_div(hidden, l.vec);  // accesses per row
-  l.threads_per_row = next_pow2(ceil_div(units, kTargetChunks));
-  if (l.threads_per_row > kMaxBlock) l.threads_per_row = kMaxBlock;
+  const int target = rows * units <= kSmallProblemAccesses ? 1 : kTargetChunks;
+  l.threads_per_row = next_pow2(ceil_div(units, target));
+  if (l.threads_per_row > kRegistersBlock) l.threads_per_row = kRegistersBlock;
   const int64_t chunks = ceil_div(units, l.threads_per_row);
   if (chunks <= kMaxChunks) {
     l.chunks = next_pow2(chunks);
@@ -47,11 +54,11 @@ inline FwdLaunch choose_fwd_launch(int64_t rows, int64_t hidden, int elem_bytes,
     return l;
   }
   // Long rows: split each row over a cluster of full CTAs, still one read per element.
-  const int cluster = next_pow2(ceil_div(units, int64_t{kMaxBlock} * kMaxChunks));
+  const int cluster = next_pow2(ceil_div(units, int64_t{kRegistersBlock} * kMaxChunks));
   if (cluster <= max_cluster) {
     l.cluster = cluster;
-    l.block = kMaxBlock;
-    l.chunks = next_pow2(ceil_div(units, int64_t{kMaxBlock} * cluster));
+    l.block = kRegistersBlock;
+    l.chunks = next_pow2(ceil_div(units, int64_t{kRegistersBlock} * cluster));
     l.grid = rows * cluster;
     return l;
   }
@@ -64,9 +71,10 @@ inline FwdLaunch choose_fwd_launch(int64_t rows, int64_t hidden, int elem_bytes,
   return l;
 }
 
-// The backward keeps dy and s of its row in registers plus float32 dweight
-// accumulators (16 registers per bf16 chunk): 256-thread CTAs, so the compiler may use
-// up to 255 registers, and at most 4 chunks; longer rows stream.
+// The backward keeps dy and s of two rows in registers (the next one prefetched) plus
+// float32 dweight accumulators: 256-thread CTAs, so the compiler may use up to 255
+// registers (about 200 at 4 chunks; a 128 cap spilled), and at most 4 chunks; longer
+// rows stream.
 constexpr int kMaxBwdChunks = 4;
 constexpr int kBwdBlock = 256;
 constexpr int kSmCount = 132;                  // H100; only sizes the persistent grid

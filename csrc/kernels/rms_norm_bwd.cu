@@ -82,24 +82,38 @@ __global__ void __launch_bounds__(kBwdBlock)
   const T* d_new_residual = static_cast<const T*>(p.d_new_residual);
   auto column = [&](int c) { return (c * int64_t(threads_per_row) + lane) * VEC; };
 
-  float dw[CHUNKS][VEC] = {};
-  for (int64_t group_row = cta.cta * rows_per_block; group_row < p.rows_per_weight;
-       group_row += p.ctas_per_weight_row * rows_per_block) {
+  // dy, s and rstd of the slot's row in a row group; zeros past the end.
+  auto load_rows = [&](int64_t group_row, Packed<T, VEC> (&dy)[CHUNKS], Packed<T, VEC> (&s)[CHUNKS],
+                       float& rstd) {
     const bool row_ok = group_row + slot < p.rows_per_weight;
     const int64_t row = cta.first_row + group_row + slot;
-    const int64_t offset = row * p.hidden;
-    Packed<T, VEC> dy[CHUNKS], s[CHUNKS];
 #pragma unroll
     for (int c = 0; c < CHUNKS; ++c) {
       if (row_ok && column(c) < p.hidden) {
-        dy[c] = load_packed<T, VEC>(static_cast<const T*>(p.dy) + offset + column(c));
-        s[c] = load_packed<T, VEC>(static_cast<const T*>(p.s) + offset + column(c));
+        dy[c] = load_packed<T, VEC>(static_cast<const T*>(p.dy) + row * p.hidden + column(c));
+        s[c] = load_packed<T, VEC>(static_cast<const T*>(p.s) + row * p.hidden + column(c));
       } else {
 #pragma unroll
         for (int j = 0; j < VEC; ++j) dy[c].v[j] = s[c].v[j] = from_float<T>(0.f);
       }
     }
-    const float rstd = row_ok ? p.rstd[row] : 0.f;
+    rstd = row_ok ? p.rstd[row] : 0.f;
+  };
+
+  // Each row group's loads go out before the previous group's reduction, so the
+  // persistent CTA always has a row in flight.
+  const int64_t stride = p.ctas_per_weight_row * rows_per_block;
+  float dw[CHUNKS][VEC] = {};
+  Packed<T, VEC> dy[CHUNKS], s[CHUNKS];
+  float rstd;
+  load_rows(cta.cta * rows_per_block, dy, s, rstd);
+  for (int64_t group_row = cta.cta * rows_per_block; group_row < p.rows_per_weight; group_row += stride) {
+    Packed<T, VEC> next_dy[CHUNKS], next_s[CHUNKS];
+    float next_rstd;
+    load_rows(group_row + stride, next_dy, next_s, next_rstd);
+
+    const bool row_ok = group_row + slot < p.rows_per_weight;
+    const int64_t offset = (cta.first_row + group_row + slot) * p.hidden;
     float dot = 0.f;
 #pragma unroll
     for (int c = 0; c < CHUNKS; ++c) {
@@ -124,6 +138,12 @@ __global__ void __launch_bounds__(kBwdBlock)
       }
     }
     __syncthreads();  // the next row's reduction reuses the scratch
+#pragma unroll
+    for (int c = 0; c < CHUNKS; ++c) {
+      dy[c] = next_dy[c];
+      s[c] = next_s[c];
+    }
+    rstd = next_rstd;
   }
 
   if (p.dweight_partials == nullptr) return;

@@ -37,12 +37,10 @@ __device__ __forceinline__ float sum_of_squares(const Packed<T, VEC>& s) {
   return acc;
 }
 
-// y = round(s * rstd * w), with w = 1 when there is no weight.
-template <typename T, typename W, int VEC>
+// y = round(s * rstd * w).
+template <typename T, int VEC>
 __device__ __forceinline__ Packed<T, VEC> normalize(const Packed<T, VEC>& s, float rstd,
-                                                    const W* weight, int64_t col) {
-  float w[VEC];
-  load_weight<VEC>(weight, col, w);
+                                                    const float (&w)[VEC]) {
   Packed<T, VEC> y;
 #pragma unroll
   for (int j = 0; j < VEC; ++j) y.v[j] = from_float<T>(to_float(s.v[j]) * rstd * w[j]);
@@ -60,7 +58,7 @@ __device__ __forceinline__ const W* weight_row(const FwdProblem& p, int64_t row)
 }
 
 template <typename T, typename W, int VEC, int CHUNKS>
-__global__ void __launch_bounds__(kMaxBlock)
+__global__ void __launch_bounds__(kRegistersBlock)
     rms_norm_fwd_registers(FwdProblem p, int threads_per_row, int cluster) {
   __shared__ RowSumScratch scratch;
   const T* __restrict__ x = static_cast<const T*>(p.x);
@@ -93,6 +91,17 @@ __global__ void __launch_bounds__(kMaxBlock)
       for (int j = 0; j < VEC; ++j) s[c].v[j] = from_float<T>(0.f);
     }
   }
+  // Up to 4 chunks, the weights come in before the reduction, hiding their latency
+  // behind it (decode: one row, one round trip); 8 chunks would not fit in registers.
+  constexpr bool kEarlyWeight = CHUNKS <= 4;
+  const W* weight = weight_row<W>(p, row);
+  float w[kEarlyWeight ? CHUNKS : 1][VEC];
+  if (kEarlyWeight) {
+#pragma unroll
+    for (int c = 0; c < (kEarlyWeight ? CHUNKS : 0); ++c) {
+      if (row_ok && column(c) < p.hidden) load_weight<VEC>(weight, column(c), w[c]);
+    }
+  }
   float sum_sq = 0.f;
 #pragma unroll
   for (int c = 0; c < CHUNKS; ++c) sum_sq += sum_of_squares(s[c]);
@@ -108,12 +117,13 @@ __global__ void __launch_bounds__(kMaxBlock)
   const float rstd = inverse_rms(row_sum(sum_sq, reduce_threads, cluster, scratch), p);
   if (!row_ok) return;
   if (p.rstd != nullptr && lane == 0) p.rstd[row] = rstd;
-  const W* w = weight_row<W>(p, row);
 #pragma unroll
   for (int c = 0; c < CHUNKS; ++c) {
     if (column(c) < p.hidden) {
+      float late[VEC];
+      if (!kEarlyWeight) load_weight<VEC>(weight, column(c), late);
       store_packed(static_cast<T*>(p.y) + offset + column(c),
-                   normalize<T, W, VEC>(s[c], rstd, w, column(c)));
+                   normalize<T, VEC>(s[c], rstd, kEarlyWeight ? w[kEarlyWeight ? c : 0] : late));
     }
   }
 }
@@ -140,11 +150,12 @@ __global__ void __launch_bounds__(kMaxBlock) rms_norm_fwd_streaming(FwdProblem p
 
   // Second pass: with a residual, re-read the sum this same thread just stored.
   const T* source = p.residual != nullptr ? residual_out : static_cast<const T*>(p.x);
-  const W* w = weight_row<W>(p, row);
+  const W* weight = weight_row<W>(p, row);
   for (int64_t col = int64_t(threadIdx.x) * VEC; col < p.hidden; col += step) {
-    const Packed<T, VEC> s = load_packed<T, VEC>(source + offset + col);
+    float w[VEC];
+    load_weight<VEC>(weight, col, w);
     store_packed(static_cast<T*>(p.y) + offset + col,
-                 normalize<T, W, VEC>(s, rstd, w, col));
+                 normalize<T, VEC>(load_packed<T, VEC>(source + offset + col), rstd, w));
   }
 }
 
