@@ -243,7 +243,10 @@ def main(argv=None):
     for dtype in args.dtypes.split(","):
       for rows, hidden in shapes:
         results.append(bench_shape(op, rows, hidden, jnp.dtype(dtype), device, calls, bandwidth, rng))
-        print(f"  {op} {dtype} {rows}x{hidden}: {results[-1]['ours_us']:.1f} µs", file=sys.stderr, flush=True)
+        r = results[-1]
+        print(f"  {op} {dtype} {rows}x{hidden}: ours {r['ours_us']:.1f} µs, xla {r['xla_us']:.1f} µs, "
+              f"{r['ours_pct_copy_bw']:.1f}% vs {r['xla_pct_copy_bw']:.1f}% of copy bandwidth",
+              file=sys.stderr, flush=True)
   print_table(results, device, bandwidth, timer)
   if args.json:
     record = {

@@ -49,10 +49,11 @@ inline float from_float<float>(float v) { return v; }
 
 template <>
 inline BFloat16 from_float<BFloat16>(float v) {
+  // Branch-free (a select), so that loops over rows vectorize.
   const uint32_t u = float_bits(v);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return BFloat16{uint16_t((u >> 16) | 0x40u)};  // quiet NaN
-  const uint32_t rounding = 0x7fffu + ((u >> 16) & 1u);
-  return BFloat16{uint16_t((u + rounding) >> 16)};
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  const uint32_t quiet_nan = (u >> 16) | 0x40u;
+  return BFloat16{uint16_t((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded)};
 }
 
 template <>

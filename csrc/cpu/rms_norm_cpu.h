@@ -1,8 +1,8 @@
-// The CPU forward kernel: the same semantics as the CUDA one, row by row.
+// The CPU kernels: the same semantics as the CUDA ones, row by row.
 #pragma once
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -17,6 +17,38 @@ struct CpuTypes {
   using F16 = Float16;
 };
 
+// Sums over a row run in kBlock-element blocks of kLanes independent float sums (the
+// compiler vectorizes them), each block total added into a double: fast, accurate and
+// in a fixed order.
+constexpr int64_t kLanes = 16;
+constexpr int64_t kBlock = 512;
+
+template <typename F>
+double row_sum(int64_t n, F&& term) {
+  double total = 0.0;
+  for (int64_t start = 0; start < n; start += kBlock) {
+    const int64_t end = std::min(n, start + kBlock);
+    float lanes[kLanes] = {};
+    int64_t i = start;
+    for (; i + kLanes <= end; i += kLanes) {
+      for (int64_t l = 0; l < kLanes; ++l) lanes[l] += term(i + l);
+    }
+    for (; i < end; ++i) lanes[0] += term(i);
+    float block = 0.f;
+    for (int64_t l = 0; l < kLanes; ++l) block += lanes[l];
+    total += block;
+  }
+  return total;
+}
+
+// The weight row (or ones) as float, converted once per weight row.
+template <typename W>
+const float* weight_as_float(const W* weight, int64_t hidden, std::vector<float>& buffer) {
+  buffer.resize(hidden);
+  for (int64_t i = 0; i < hidden; ++i) buffer[i] = weight != nullptr ? to_float(weight[i]) : 1.0f;
+  return buffer.data();
+}
+
 template <typename T, typename W>
 void rms_norm_fwd_rows(const FwdProblem& p) {
   const T* x = static_cast<const T*>(p.x);
@@ -24,6 +56,9 @@ void rms_norm_fwd_rows(const FwdProblem& p) {
   T* residual_out = static_cast<T*>(p.residual_out);
   T* y = static_cast<T*>(p.y);
   const W* weight = static_cast<const W*>(p.weight);
+  std::vector<float> w_buffer;
+  const float* w = nullptr;
+  int64_t w_row = -1;
   for (int64_t row = 0; row < p.rows; ++row) {
     const int64_t offset = row * p.hidden;
     // With a residual, the normalized row is the rounded sum, stored first.
@@ -34,19 +69,19 @@ void rms_norm_fwd_rows(const FwdProblem& p) {
       }
       s = residual_out + offset;
     }
-    double sum_sq = 0.0;  // double: the result is then the exactly rounded float mean
-    for (int64_t i = 0; i < p.hidden; ++i) {
-      const double f = to_float(s[i]);
-      sum_sq += f * f;
-    }
+    const double sum_sq = row_sum(p.hidden, [&](int64_t i) {
+      const float f = to_float(s[i]);
+      return f * f;
+    });
     const float mean_sq = static_cast<float>(sum_sq / static_cast<double>(p.hidden));
     const float rstd = 1.0f / std::sqrt(mean_sq + p.eps);
     if (p.rstd != nullptr) p.rstd[row] = rstd;
-    const W* w = weight != nullptr ? weight + (row / p.rows_per_weight) * p.hidden : nullptr;
-    for (int64_t i = 0; i < p.hidden; ++i) {
-      const float scale = w != nullptr ? to_float(w[i]) : 1.0f;
-      y[offset + i] = from_float<T>(to_float(s[i]) * rstd * scale);
+    const int64_t wanted_w_row = weight != nullptr ? row / p.rows_per_weight : 0;
+    if (wanted_w_row != w_row) {
+      w = weight_as_float(weight != nullptr ? weight + wanted_w_row * p.hidden : nullptr, p.hidden, w_buffer);
+      w_row = wanted_w_row;
     }
+    for (int64_t i = 0; i < p.hidden; ++i) y[offset + i] = from_float<T>(to_float(s[i]) * rstd * w[i]);
   }
 }
 
@@ -57,27 +92,33 @@ void rms_norm_bwd_rows(const BwdProblem& p) {
   const T* d_new_residual = static_cast<const T*>(p.d_new_residual);
   const W* weight = static_cast<const W*>(p.weight);
   T* dx = static_cast<T*>(p.dx);
-  // dweight rows accumulate in double, in row order: deterministic and accurate.
+  std::vector<float> w_buffer;
+  // dweight rows accumulate each row's float terms into doubles, in row order:
+  // deterministic and accurate.
   std::vector<double> dweight(p.dweight != nullptr ? p.hidden : 0);
+  std::vector<float> dweight_terms(dweight.size());
   for (int64_t group = 0; group < p.weight_rows; ++group) {
     std::fill(dweight.begin(), dweight.end(), 0.0);
-    const W* w = weight != nullptr ? weight + group * p.hidden : nullptr;
+    const float* w = weight_as_float(weight != nullptr ? weight + group * p.hidden : nullptr, p.hidden, w_buffer);
     // rows_per_weight is 0 without rows: dweight stays zero.
     for (int64_t row = group * p.rows_per_weight; row < (group + 1) * p.rows_per_weight; ++row) {
-      const int64_t offset = row * p.hidden;
+      const T* dy_row = dy + row * p.hidden;
+      const T* s_row = s + row * p.hidden;
+      T* dx_row = dx + row * p.hidden;
       const float rstd = p.rstd[row];
-      double dot = 0.0;
-      for (int64_t i = 0; i < p.hidden; ++i) {
-        const float g = to_float(dy[offset + i]) * (w != nullptr ? to_float(w[i]) : 1.0f);
-        dot += double(g) * (to_float(s[offset + i]) * rstd);
-      }
+      const double dot = row_sum(p.hidden, [&](int64_t i) {
+        return to_float(dy_row[i]) * w[i] * (to_float(s_row[i]) * rstd);
+      });
       const float mean_gn = static_cast<float>(dot / static_cast<double>(p.hidden));
       for (int64_t i = 0; i < p.hidden; ++i) {
-        const float n = to_float(s[offset + i]) * rstd;
-        const float g = to_float(dy[offset + i]) * (w != nullptr ? to_float(w[i]) : 1.0f);
-        const float extra = d_new_residual != nullptr ? to_float(d_new_residual[offset + i]) : 0.0f;
-        dx[offset + i] = from_float<T>(rstd * (g - n * mean_gn) + extra);
-        if (!dweight.empty()) dweight[i] += double(to_float(dy[offset + i])) * n;
+        const float n = to_float(s_row[i]) * rstd;
+        const float g = to_float(dy_row[i]) * w[i];
+        const float extra = d_new_residual != nullptr ? to_float(d_new_residual[row * p.hidden + i]) : 0.0f;
+        dx_row[i] = from_float<T>(rstd * (g - n * mean_gn) + extra);
+      }
+      if (!dweight.empty()) {
+        for (int64_t i = 0; i < p.hidden; ++i) dweight_terms[i] = to_float(dy_row[i]) * (to_float(s_row[i]) * rstd);
+        for (int64_t i = 0; i < p.hidden; ++i) dweight[i] += dweight_terms[i];
       }
     }
     for (size_t i = 0; i < dweight.size(); ++i) {
