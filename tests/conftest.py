@@ -24,6 +24,37 @@ TOLERANCE = {
 }
 
 DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
+WEIGHT_DTYPES = [None] + DTYPES
+HIDDEN = [1, 3, 8, 127, 128, 1000, 4096, 4097, 8192, 65536, 262144, 262147]
+LEADING = [(), (0,), (7,), (2, 3, 5)]
+
+_with_residual = pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+
+
+def _dtype_id(dtype):
+  return "none" if dtype is None else jnp.dtype(dtype).name
+
+
+def shape_grid(test):
+  """Every hidden size x leading dims, three x/weight dtype pairings, with and without
+  the residual: test(device, rng, hidden, leading, x_dtype, w_dtype, residual)."""
+  test = pytest.mark.parametrize("hidden", HIDDEN)(test)
+  test = pytest.mark.parametrize("leading", LEADING, ids=str)(test)
+  test = pytest.mark.parametrize(
+      "x_dtype,w_dtype", [(jnp.bfloat16, jnp.float32), (jnp.float16, None), (jnp.float32, jnp.bfloat16)],
+      ids=["bf16-f32", "f16-none", "f32-bf16"])(test)
+  return _with_residual(test)
+
+
+def dtype_grid(shapes):
+  """Every x dtype x weight dtype (or none), with and without the residual, over `shapes`:
+  test(device, rng, shape, x_dtype, w_dtype, residual)."""
+  def decorate(test):
+    test = pytest.mark.parametrize("shape", shapes, ids=str)(test)
+    test = pytest.mark.parametrize("x_dtype", DTYPES, ids=_dtype_id)(test)
+    test = pytest.mark.parametrize("w_dtype", WEIGHT_DTYPES, ids=_dtype_id)(test)
+    return _with_residual(test)
+  return decorate
 
 
 def _gpu_devices():

@@ -6,11 +6,8 @@ import numpy as np
 import pytest
 
 import jax_rmsnorm
-from conftest import DTYPES, assert_close, on_device, poison, random_array, reference64
-
-HIDDEN = [1, 3, 8, 127, 128, 1000, 4096, 4097, 8192, 65536, 262144, 262147]
-LEADING = [(), (0,), (7,), (2, 3, 5)]
-WEIGHT_DTYPES = [None] + DTYPES
+from conftest import (assert_close, dtype_grid, on_device, poison, random_array, reference64,
+                      shape_grid)
 
 
 def run_forward(device, rng, shape, x_dtype, w_dtype, residual, eps=1e-6, fn_wrapper=jax.jit):
@@ -33,20 +30,12 @@ def run_forward(device, rng, shape, x_dtype, w_dtype, residual, eps=1e-6, fn_wra
   assert_close(y, y_ref, x_dtype, seed=rng.seed)
 
 
-@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
-@pytest.mark.parametrize("x_dtype,w_dtype", [(jnp.bfloat16, jnp.float32), (jnp.float16, None),
-                                             (jnp.float32, jnp.bfloat16)],
-                         ids=["bf16-f32", "f16-none", "f32-bf16"])
-@pytest.mark.parametrize("leading", LEADING, ids=str)
-@pytest.mark.parametrize("hidden", HIDDEN)
+@shape_grid
 def test_shapes(device, rng, hidden, leading, x_dtype, w_dtype, residual):
   run_forward(device, rng, leading + (hidden,), x_dtype, w_dtype, residual)
 
 
-@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
-@pytest.mark.parametrize("w_dtype", WEIGHT_DTYPES, ids=lambda d: "none" if d is None else jnp.dtype(d).name)
-@pytest.mark.parametrize("x_dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
-@pytest.mark.parametrize("shape", [(2, 3, 4096), (5, 4097), (33, 128), (4, 1), (3, 24576)], ids=str)
+@dtype_grid([(2, 3, 4096), (5, 4097), (33, 128), (4, 1), (3, 24576)])
 def test_dtype_combinations(device, rng, shape, x_dtype, w_dtype, residual):
   run_forward(device, rng, shape, x_dtype, w_dtype, residual)
 
