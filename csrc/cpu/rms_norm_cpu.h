@@ -24,7 +24,7 @@ constexpr int64_t kLanes = 16;
 constexpr int64_t kBlock = 512;
 
 template <typename F>
-double row_sum(int64_t n, F&& term) {
+double sum_over_row(int64_t n, F&& term) {
   double total = 0.0;
   for (int64_t start = 0; start < n; start += kBlock) {
     const int64_t end = std::min(n, start + kBlock);
@@ -69,7 +69,7 @@ void rms_norm_fwd_rows(const FwdProblem& p) {
       }
       s = residual_out + offset;
     }
-    const double sum_sq = row_sum(p.hidden, [&](int64_t i) {
+    const double sum_sq = sum_over_row(p.hidden, [&](int64_t i) {
       const float f = to_float(s[i]);
       return f * f;
     });
@@ -106,7 +106,7 @@ void rms_norm_bwd_rows(const BwdProblem& p) {
       const T* s_row = s + row * p.hidden;
       T* dx_row = dx + row * p.hidden;
       const float rstd = p.rstd[row];
-      const double dot = row_sum(p.hidden, [&](int64_t i) {
+      const double dot = sum_over_row(p.hidden, [&](int64_t i) {
         return to_float(dy_row[i]) * w[i] * (to_float(s_row[i]) * rstd);
       });
       const float mean_gn = static_cast<float>(dot / static_cast<double>(p.hidden));
