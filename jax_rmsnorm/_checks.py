@@ -60,4 +60,6 @@ def check_eps(eps):
   eps = float(eps)
   if not math.isfinite(eps) or eps < 0:
     raise ValueError(f"eps must be finite and >= 0, got {eps}")
+  if eps > float(np.finfo(np.float32).max):
+    raise ValueError(f"eps must fit in float32 (the kernels add it in float32), got {eps}")
   return eps

@@ -30,6 +30,7 @@ BAD_CALLS = [
     ("eps negative", (X, W), {"eps": -1e-6}, ValueError, "eps"),
     ("eps nan", (X, W), {"eps": float("nan")}, ValueError, "eps"),
     ("eps inf", (X, W), {"eps": float("inf")}, ValueError, "eps"),
+    ("eps beyond float32", (X, W), {"eps": 1e300}, ValueError, "eps"),
     ("eps string", (X, W), {"eps": "1e-6"}, TypeError, "eps"),
     ("eps array", (X, W), {"eps": jnp.float32(1e-6)}, TypeError, "eps"),
     ("eps bool", (X, W), {"eps": True}, TypeError, "eps"),

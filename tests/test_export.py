@@ -1,0 +1,35 @@
+"""jax.export: a jitted function using both ops (and a gradient) serializes, loads and runs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jax_rmsnorm
+from conftest import on_device, random_array
+
+export = pytest.importorskip("jax.export")
+pytest.importorskip("flatbuffers")
+
+TARGETS = ("jax_rmsnorm_fwd_v1", "jax_rmsnorm_bwd_v1")
+
+
+def test_export_round_trip(device, rng):
+  x, r = (random_array(rng, (4, 96), jnp.bfloat16) for _ in range(2))
+  w = random_array(rng, (96,), jnp.float32)
+
+  def step(x, r, w):
+    y, new_r = jax_rmsnorm.rms_norm_residual(x, r, w)
+    dx = jax.grad(lambda x: jnp.sum(jax_rmsnorm.rms_norm(x, w).astype(jnp.float32) ** 2))(x)
+    return y, new_r, dx
+
+  platform = "cuda" if device.platform == "gpu" else device.platform
+  exported = export.export(
+      jax.jit(step), platforms=[platform],
+      disabled_checks=[export.DisabledSafetyCheck.custom_call(t) for t in TARGETS])(x, r, w)
+  text = exported.mlir_module()
+  assert all(t in text for t in TARGETS)
+  loaded = export.deserialize(exported.serialize())
+  args = on_device(device, x, r, w)
+  for got, want in zip(loaded.call(*args), jax.jit(step)(*args)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
