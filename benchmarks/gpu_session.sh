@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: install, check it loads, GPU tests, benchmark.
 # Usage (from the repo root): bash benchmarks/gpu_session.sh [pytest args...]
+# Switches (environment): SKIP_TESTS=1, SKIP_BENCH=1, BENCH_ARGS="...",
+#   SANITIZE="<pytest -k expression>" (memcheck over those tests),
+#   NCU_CASES="forward:16384x4096 backward:262144x128" (ncu counters for those cases).
 # Installs wheelhouse/*.whl when one was carried over, else builds from source
 # offline. Logs and results go under $OUT (the device tool brings them back).
 set -uo pipefail
@@ -25,6 +28,13 @@ if [ -n "${SANITIZE:-}" ]; then
   XLA_PYTHON_CLIENT_ALLOCATOR=platform compute-sanitizer --tool memcheck --error-exitcode 99 \
     pytest tests/test_forward.py tests/test_grad.py -q -p no:cacheprovider -k "gpu and ($SANITIZE)" \
     2>&1 | tee "$OUT/sanitizer.log" | grep -E "ERROR SUMMARY|passed|failed|error" | tail -5
+fi
+if [ -n "${NCU_CASES:-}" ]; then
+  # Hardware counters per kernel (ours only): throughput, occupancy, registers, memory.
+  ncu --clock-control none --kernel-name regex:'rms_norm|sum_dweight' --csv --page details \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
+    python3 benchmarks/profile_cases.py $NCU_CASES > "$OUT/ncu.csv" 2> "$OUT/ncu.err"
+  echo "ncu exit $?: $(grep -c '"' "$OUT/ncu.csv") rows in ncu.csv"
 fi
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   python3 benchmarks/bench.py ${BENCH_ARGS:-} --json "$OUT/bench.json" 2> "$OUT/bench.err" | tee "$OUT/bench.txt"
