@@ -96,7 +96,7 @@ void rms_norm_bwd_rows(const BwdProblem& p) {
   // dweight rows accumulate each row's float terms into doubles, in row order:
   // deterministic and accurate.
   std::vector<double> dweight(p.dweight != nullptr ? p.hidden : 0);
-  std::vector<float> dweight_terms(dweight.size());
+  std::vector<float> dweight_terms(p.hidden);  // dy * n of one row, kept from the dx pass
   for (int64_t group = 0; group < p.weight_rows; ++group) {
     std::fill(dweight.begin(), dweight.end(), 0.0);
     const float* w = weight_as_float(weight != nullptr ? weight + group * p.hidden : nullptr, p.hidden, w_buffer);
@@ -112,14 +112,12 @@ void rms_norm_bwd_rows(const BwdProblem& p) {
       const float mean_gn = static_cast<float>(dot / static_cast<double>(p.hidden));
       for (int64_t i = 0; i < p.hidden; ++i) {
         const float n = to_float(s_row[i]) * rstd;
-        const float g = to_float(dy_row[i]) * w[i];
+        const float dy_i = to_float(dy_row[i]);
         const float extra = d_new_residual != nullptr ? to_float(d_new_residual[row * p.hidden + i]) : 0.0f;
-        dx_row[i] = from_float<T>(rstd * (g - n * mean_gn) + extra);
+        dx_row[i] = from_float<T>(rstd * (dy_i * w[i] - n * mean_gn) + extra);
+        dweight_terms[i] = dy_i * n;
       }
-      if (!dweight.empty()) {
-        for (int64_t i = 0; i < p.hidden; ++i) dweight_terms[i] = to_float(dy_row[i]) * (to_float(s_row[i]) * rstd);
-        for (int64_t i = 0; i < p.hidden; ++i) dweight[i] += dweight_terms[i];
-      }
+      for (size_t i = 0; i < dweight.size(); ++i) dweight[i] += dweight_terms[i];
     }
     for (size_t i = 0; i < dweight.size(); ++i) {
       static_cast<W*>(p.dweight)[group * p.hidden + int64_t(i)] = from_float<W>(float(dweight[i]));
