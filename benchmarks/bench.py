@@ -37,9 +37,9 @@ import jax_rmsnorm
 from jax_rmsnorm import primitives, reference
 
 # (rows, hidden): decode, the usual hidden sizes, short rows (q/k norms), long rows.
-FULL_SHAPES = [(1, 4096), (32, 4096), (1024, 4096), (4096, 4096), (16384, 4096), (32768, 4096),
-               (8192, 8192), (16384, 1024), (65536, 2048), (262144, 128), (1024, 65536),
-               (128, 262144)]
+FULL_SHAPES = [(1, 4096), (8, 4096), (32, 4096), (64, 4096), (1024, 4096), (4096, 4096), (16384, 4096),
+               (32768, 4096), (8192, 8192), (16384, 1024), (65536, 2048), (262144, 128), (1024, 65536),
+               (512, 131072), (128, 262144)]
 CPU_SHAPES = [(1, 4096), (32, 4096), (1024, 4096), (4096, 1024), (16384, 128), (16, 65536)]
 QUICK_SHAPES = [(1, 4096), (64, 1024), (512, 4096), (4096, 128)]
 
@@ -229,11 +229,14 @@ def main(argv=None):
   parser.add_argument("--dtypes", default="bfloat16", help="comma-separated: bfloat16,float16,float32")
   parser.add_argument("--ops", default=",".join(OPS), help="comma-separated: " + ",".join(OPS))
   parser.add_argument("--calls", type=int, default=30, help="timed calls per measurement")
-  parser.add_argument("--json", help="write the results here")
+  parser.add_argument("--shapes", help="comma-separated ROWSxHIDDEN, instead of the sweep's")
+  parser.add_argument("--json", help="write the results here (and a plot beside it, if matplotlib is there)")
   args = parser.parse_args(argv)
 
   device = jax.devices()[0]
   shapes = QUICK_SHAPES if args.quick else (FULL_SHAPES if is_gpu(device) else CPU_SHAPES)
+  if args.shapes:
+    shapes = [tuple(int(v) for v in shape.split("x")) for shape in args.shapes.split(",")]
   calls = min(args.calls, 10) if args.quick else args.calls
   timer = "device kernels (profiler)" if is_gpu(device) else "host clock"
   rng = np.random.default_rng(0)
@@ -257,6 +260,11 @@ def main(argv=None):
     }
     with open(args.json, "w") as f:
       json.dump(record, f, indent=1)
+    try:
+      import plot  # benchmarks/plot.py, beside this file
+      print("plot:", plot.plot([args.json], os.path.splitext(args.json)[0] + ".png"))
+    except ImportError as e:  # matplotlib is optional
+      print(f"no plot ({e})")
 
 
 if __name__ == "__main__":

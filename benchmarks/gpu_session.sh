@@ -3,7 +3,8 @@
 # Usage (from the repo root): bash benchmarks/gpu_session.sh [pytest args...]
 # Switches (environment): SKIP_TESTS=1, SKIP_BENCH=1, BENCH_ARGS="...",
 #   SANITIZE="<pytest -k expression>" (memcheck over those tests),
-#   NCU_CASES="forward:16384x4096 backward:262144x128" (ncu counters for those cases).
+#   NCU_CASES="forward:16384x4096 backward:262144x128" (ncu counters for those cases),
+#   SWEEP=benchmarks/sweep_cases.txt (kernel_sweep over those cases: launch configs).
 # Installs wheelhouse/*.whl when one was carried over, else builds from source
 # offline. Logs and results go under $OUT (the device tool brings them back).
 set -uo pipefail
@@ -19,6 +20,10 @@ else
 fi
 (cd /tmp && python3 -c "import jax, jax_rmsnorm; print('jax', jax.__version__, jax.devices(), 'cuda handlers:', jax_rmsnorm.HAS_CUDA)") || exit 1
 
+if [ -n "${SWEEP:-}" ]; then
+  [ -x build/kernel_sweep ] || bash benchmarks/build_sweep.sh
+  build/kernel_sweep $(grep -v '^#' "$SWEEP") 2>&1 | tee "$OUT/sweep.txt"
+fi
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   pytest tests -q -rs -p no:cacheprovider "$@" 2>&1 | tee "$OUT/pytest.log" | tail -25
 fi

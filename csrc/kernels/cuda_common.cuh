@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/numeric.cuh"
 
@@ -25,9 +26,20 @@ inline int weight_alignment(int vec, int weight_bytes) {
   return vec * weight_bytes < 16 ? vec * weight_bytes : 16;
 }
 
+// One launch path for every kernel: cluster dimension, dynamic shared memory beyond the
+// default 48 KB and clusters beyond the portable 8 are opted into here.
 template <typename Kernel, typename... Args>
 cudaError_t launch(Kernel kernel, dim3 grid, dim3 block, size_t smem, int cluster,
                    cudaStream_t stream, Args... args) {
+  if (smem > (48 << 10)) {
+    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               static_cast<int>(smem));
+    if (e != cudaSuccess) return e;
+  }
+  if (cluster > 8) {
+    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    if (e != cudaSuccess) return e;
+  }
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
   config.blockDim = block;
@@ -45,6 +57,26 @@ cudaError_t launch(Kernel kernel, dim3 grid, dim3 block, size_t smem, int cluste
   return cudaLaunchKernelEx(&config, kernel, args...);
 }
 
+// Calls f(std::integral_constant<int, C>{}) for the chunk count C (a power of two up
+// to MAX) that a launch chose: the one switch from a runtime count to a kernel.
+template <int MAX, typename F>
+cudaError_t dispatch_chunks(int chunks, F&& f) {
+  switch (chunks) {
+    case 1:
+      return f(std::integral_constant<int, 1>{});
+    case 2:
+      if constexpr (MAX >= 2) return f(std::integral_constant<int, 2>{});
+      break;
+    case 4:
+      if constexpr (MAX >= 4) return f(std::integral_constant<int, 4>{});
+      break;
+    case 8:
+      if constexpr (MAX >= 8) return f(std::integral_constant<int, 8>{});
+      break;
+  }
+  return cudaErrorInvalidConfiguration;
+}
+
 // The weight's `vec` elements at `col` as float, or ones without a weight.
 template <int VEC, typename W>
 __device__ __forceinline__ void load_weight(const W* weight, int64_t col, float (&w)[VEC]) {
@@ -54,6 +86,46 @@ __device__ __forceinline__ void load_weight(const W* weight, int64_t col, float 
 #pragma unroll
     for (int j = 0; j < VEC; ++j) w[j] = 1.f;
   }
+}
+
+// Asynchronous global -> shared copies (sm_80+): they keep loads in flight without
+// holding registers. A thread that reads back only what it copied itself needs no
+// barrier, just wait_async_copies.
+template <int BYTES>
+__device__ __forceinline__ void copy_async(void* shared, const void* global) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+  if constexpr (BYTES == 16) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(global) : "memory");
+  } else if constexpr (BYTES == 8 || BYTES == 4) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(dst), "l"(global), "n"(BYTES) : "memory");
+  } else {
+    static_assert(BYTES == 2, "copy_async: 2, 4, 8 or 16 bytes");
+    *static_cast<unsigned short*>(shared) = *static_cast<const unsigned short*>(global);
+  }
+#else
+  static_assert(BYTES <= 16, "copy_async: at most 16 bytes");
+  struct alignas(BYTES) Bytes { unsigned char b[BYTES]; };
+  *static_cast<Bytes*>(shared) = *static_cast<const Bytes*>(global);
+#endif
+}
+
+__device__ __forceinline__ void commit_async_copies() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+
+// Waits until at most `pending` of this thread's committed groups are still in flight.
+__device__ __forceinline__ void wait_async_copies(int pending) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  switch (pending) {
+    case 0: asm volatile("cp.async.wait_group 0;\n" ::: "memory"); break;
+    case 1: asm volatile("cp.async.wait_group 1;\n" ::: "memory"); break;
+    case 2: asm volatile("cp.async.wait_group 2;\n" ::: "memory"); break;
+    default: asm volatile("cp.async.wait_group 3;\n" ::: "memory"); break;
+  }
+#endif
 }
 
 }  // namespace jax_rmsnorm

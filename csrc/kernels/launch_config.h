@@ -17,12 +17,15 @@ struct FwdLaunch {
   int64_t grid = 0;         // CTAs
 };
 
-constexpr int kMaxChunks = 8;          // 8 x 16 B of row per thread: 32 registers
-constexpr int kTargetChunks = 4;       // independent 16 B loads in flight per thread
+// Accesses per thread per row: 4 x 16 B in flight per thread with 64 registers, so
+// four 256-thread CTAs (or two of 512) share an SM. 8 chunks need ~107 registers, one
+// CTA per SM, and measured 40-47% of copy bandwidth against 65-69% for 4 chunks over
+// a cluster twice as large (benchmarks/NOTES.md, entry 5).
+constexpr int kMaxChunks = 4;
+constexpr int kTargetChunks = 4;
 constexpr int kMinBlock = 256;         // short rows: several rows per CTA
 constexpr int kMaxBlock = 1024;        // the streaming kernels
-// The register-row forward: 512-thread CTAs leave 128 registers a thread, room for 8
-// chunks of row plus the weights (1024-thread CTAs cap it at 64 and it spilled).
+// The register-row forward's CTAs have at most 512 threads.
 constexpr int kRegistersBlock = 512;
 // Below this many 16-byte accesses in all (about 1 MB of bf16: decode, a few rows),
 // latency rules: one access per thread, as many threads per row as a CTA holds.
@@ -71,14 +74,21 @@ inline FwdLaunch choose_fwd_launch(int64_t rows, int64_t hidden, int elem_bytes,
   return l;
 }
 
-// The backward keeps dy and s of two rows in registers (the next one prefetched) plus
-// float32 dweight accumulators: 256-thread CTAs, so the compiler may use up to 255
-// registers (about 200 at 4 chunks; a 128 cap spilled), and at most 4 chunks; longer
-// rows stream.
+// The backward stages dy and s of `stages` row groups in a shared-memory ring (cp.async:
+// the next group is in flight while this one computes), keeps the weight row in shared
+// memory and float32 dweight accumulators in registers: 256-thread CTAs, two per SM
+// (128 registers each), at most 4 chunks; longer rows stream.
 constexpr int kMaxBwdChunks = 4;
 constexpr int kBwdBlock = 256;
+// Row groups staged at once: the next group is in flight during this one's math. Two
+// stages against one (benchmarks/NOTES.md, entry 6): 94% vs 75% of copy bandwidth at
+// 65536 x 2048, 82% vs 61% at 8192 x 8192, level at 4096 x 4096, but 79% vs 85% at
+// 16384 x 4096. More than two leave too little L1.
+constexpr int kBwdStages = 2;
+// Ring bytes per CTA: with the float weight row (at most 32 KB) two CTAs fit an SM.
+constexpr int64_t kBwdStagingBudget = 72 << 10;
 constexpr int kSmCount = 132;                  // H100; only sizes the persistent grid
-constexpr int64_t kPartialBudgetBytes = 4 << 20;  // dweight partials: small beside the rows
+constexpr int64_t kPartialBudgetBytes = 8 << 20;  // dweight partials: small beside the rows
 
 struct BwdLaunch {
   FwdKernel kernel = FwdKernel::kRegisters;
@@ -86,13 +96,23 @@ struct BwdLaunch {
   int chunks = 1;
   int threads_per_row = 1;
   int block = 1;
+  int stages = 1;  // row groups in the staging ring (kRegisters)
 };
+
+// Shared memory of the staging ring: per stage, dy and s of every thread's chunks plus
+// one rstd per thread.
+inline int64_t bwd_stage_bytes(const BwdLaunch& l, int elem_bytes) {
+  return int64_t{2} * l.chunks * l.block * l.vec * elem_bytes + int64_t{4} * l.block;
+}
 
 inline BwdLaunch choose_bwd_launch(int64_t hidden, int elem_bytes, bool vector_ok) {
   BwdLaunch l;
   l.vec = vector_ok ? 16 / elem_bytes : 1;
   const int64_t units = ceil_div(hidden, l.vec);
-  l.threads_per_row = next_pow2(ceil_div(units, kTargetChunks));
+  // Short rows take fewer chunks per thread (more threads per row): measured at H = 128,
+  // 1 chunk 85% of copy bandwidth vs 77% at 4; at H = 1024, 2 chunks 72% vs 70%.
+  const int target = units <= 64 ? 1 : (units <= 256 ? 2 : kTargetChunks);
+  l.threads_per_row = next_pow2(ceil_div(units, target));
   if (l.threads_per_row > kBwdBlock) l.threads_per_row = kBwdBlock;
   const int64_t chunks = ceil_div(units, l.threads_per_row);
   if (chunks > kMaxBwdChunks) {
@@ -103,6 +123,8 @@ inline BwdLaunch choose_bwd_launch(int64_t hidden, int elem_bytes, bool vector_o
   }
   l.chunks = next_pow2(chunks);
   l.block = kBwdBlock;
+  const int64_t fit = kBwdStagingBudget / bwd_stage_bytes(l, elem_bytes);
+  l.stages = fit < 1 ? 1 : (fit > kBwdStages ? kBwdStages : static_cast<int>(fit));
   return l;
 }
 
@@ -114,8 +136,9 @@ inline int64_t bwd_ctas_per_weight_row(int64_t rows_per_weight, int64_t hidden, 
   if (rows_per_weight <= 0 || hidden <= 0) return 1;
   const BwdLaunch l = choose_bwd_launch(hidden, elem_bytes, hidden % (16 / elem_bytes) == 0);
   const int64_t row_groups = ceil_div(rows_per_weight, l.block / l.threads_per_row);
+  // Two register-kernel CTAs are resident per SM: a grid of 2 x SMs runs in one wave.
   int64_t ctas = kPartialBudgetBytes / (4 * hidden);
-  if (ctas > 1024) ctas = 1024;
+  if (ctas > 2 * kSmCount) ctas = 2 * kSmCount;
   if (ctas < kSmCount) ctas = kSmCount;
   return row_groups < ctas ? row_groups : ctas;
 }

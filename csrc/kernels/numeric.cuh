@@ -27,14 +27,63 @@ struct alignas(sizeof(T) * N) Packed {
   T v[N];
 };
 
-template <typename T, int N>
-__device__ __forceinline__ Packed<T, N> load_packed(const T* p) {
-  return *reinterpret_cast<const Packed<T, N>*>(p);
-}
+// Packed accesses go through one machine word of their size: copying the struct
+// member by member would leave 16-bit bf16/f16 accesses (8 per 16 bytes) that the
+// compiler does not always merge, e.g. from shared memory.
+template <int BYTES> struct MachineWord;
+template <> struct MachineWord<16> { using type = uint4; };
+template <> struct MachineWord<8> { using type = uint2; };
+template <> struct MachineWord<4> { using type = unsigned int; };
+template <> struct MachineWord<2> { using type = unsigned short; };
 
 template <typename T, int N>
+__device__ __forceinline__ Packed<T, N> load_packed(const T* p) {
+  using Word = typename MachineWord<sizeof(Packed<T, N>)>::type;
+  const Word word = *reinterpret_cast<const Word*>(p);
+  Packed<T, N> v;
+  memcpy(&v, &word, sizeof(word));
+  return v;
+}
+
+template <typename T>
+__device__ __forceinline__ unsigned int element_bits(T v) {
+  if constexpr (sizeof(T) == 4) {
+    unsigned int u;
+    memcpy(&u, &v, 4);
+    return u;
+  } else {
+    unsigned short u;
+    memcpy(&u, &v, 2);
+    return u;
+  }
+}
+
+// Stores (global memory only) assemble the 32-bit words and store them with one
+// instruction: given the struct, or even a uint4, the compiler split 16-byte stores
+// into four 4-byte ones.
+template <typename T, int N>
 __device__ __forceinline__ void store_packed(T* p, const Packed<T, N>& v) {
-  *reinterpret_cast<Packed<T, N>*>(p) = v;
+  constexpr int kWords = sizeof(Packed<T, N>) / 4;
+  if constexpr (kWords == 0) {
+    *p = v.v[0];
+  } else {
+    constexpr int kPerWord = 4 / sizeof(T);
+    unsigned int w[kWords];
+#pragma unroll
+    for (int k = 0; k < kWords; ++k) {
+      w[k] = element_bits(v.v[k * kPerWord]);
+      if constexpr (kPerWord == 2) w[k] |= element_bits(v.v[k * kPerWord + 1]) << 16;
+    }
+    if constexpr (kWords == 4) {
+      asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(p), "r"(w[0]), "r"(w[1]), "r"(w[2]),
+                   "r"(w[3])
+                   : "memory");
+    } else if constexpr (kWords == 2) {
+      asm volatile("st.global.v2.b32 [%0], {%1, %2};\n" ::"l"(p), "r"(w[0]), "r"(w[1]) : "memory");
+    } else {
+      *reinterpret_cast<unsigned int*>(p) = w[0];
+    }
+  }
 }
 
 // Loads N consecutive elements as float, in accesses of at most 16 bytes (a float32

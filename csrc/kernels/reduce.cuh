@@ -7,16 +7,27 @@ namespace jax_rmsnorm {
 
 constexpr int kWarp = 32;
 constexpr int kMaxThreads = 1024;
+constexpr int kMaxCluster = 16;
 
 // Shared memory the reduction needs; one per block.
 struct RowSumScratch {
   float warp_sums[kMaxThreads / kWarp];
-  float block_sum;  // read by the other CTAs of a cluster
+  float cluster_sums[kMaxCluster];  // written by the cluster's CTAs, one slot per rank
 };
+
+// A CTA may write a peer's shared memory only once every CTA of the cluster runs. The
+// kernels that share rows over a cluster arrive at that barrier first thing, so the
+// wait in row_sum finds it complete: its latency hides behind the row's loads.
+__device__ __forceinline__ void arrive_cluster_started(int cluster_size) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (cluster_size > 1) asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+#endif
+}
 
 // Sums `v` over the `threads_per_row` consecutive threads of a row (a power of two;
 // rows never straddle a warp unless they own whole warps), then, when
-// `cluster_size` > 1, over the CTAs of the thread-block cluster that shares the row.
+// `cluster_size` > 1, over the CTAs of the thread-block cluster that shares the row
+// (then the kernel must have called arrive_cluster_started, and calls row_sum once).
 // Every thread of the block must call it. All threads of a row get the same bits:
 // the xor butterfly adds each pair in both lanes in the same (commutative) way and
 // the later stages read partial sums in a fixed order, so results are deterministic.
@@ -37,15 +48,18 @@ __device__ __forceinline__ float row_sum(float v, int threads_per_row, int clust
   }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if (cluster_size > 1) {
+    // Every CTA puts its sum into slot [its rank] of every peer, then one barrier, then
+    // each adds its own slots in rank order: the same bits everywhere, and no remote
+    // access after the barrier, so a CTA may exit as soon as it passes it.
     namespace cg = cooperative_groups;
     cg::cluster_group cluster = cg::this_cluster();
-    if (threadIdx.x == 0) scratch.block_sum = v;
+    asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");  // see arrive_cluster_started
+    if (threadIdx.x < cluster_size) {
+      *cluster.map_shared_rank(&scratch.cluster_sums[cluster.block_rank()], threadIdx.x) = v;
+    }
     cluster.sync();
     float total = 0.f;
-    for (int rank = 0; rank < cluster_size; ++rank) {
-      total += *cluster.map_shared_rank(&scratch.block_sum, rank);
-    }
-    cluster.sync();  // no CTA may exit while a peer still reads its block_sum
+    for (int rank = 0; rank < cluster_size; ++rank) total += scratch.cluster_sums[rank];
     v = total;
   }
 #endif

@@ -34,6 +34,11 @@ __device__ __forceinline__ const W* weight_of_group(const BwdProblem& p, int64_t
   return p.weight == nullptr ? nullptr : static_cast<const W*>(p.weight) + group * p.hidden;
 }
 
+// Bytes of the register kernel's float weight row in shared memory (16-byte multiple).
+__host__ __device__ inline int64_t bwd_weight_bytes(int64_t hidden, bool has_weight) {
+  return has_weight ? (hidden + 3) / 4 * 16 : 0;
+}
+
 // Sum over the row of g * n, for this thread's VEC elements (g = dy * w, n = s * rstd).
 template <typename T, int VEC>
 __device__ __forceinline__ float dot_g_n(const Packed<T, VEC>& dy, const Packed<T, VEC>& s,
@@ -70,57 +75,92 @@ __device__ __forceinline__ Packed<T, VEC> input_grad(const Packed<T, VEC>& dy,
 }
 
 template <typename T, typename W, int VEC, int CHUNKS>
-__global__ void __launch_bounds__(kBwdBlock)
-    rms_norm_bwd_registers(BwdProblem p, int threads_per_row) {
+__global__ void __launch_bounds__(kBwdBlock, 2)
+    rms_norm_bwd_registers(BwdProblem p, int threads_per_row, int stages) {
+  using Unit = Packed<T, VEC>;
   __shared__ RowSumScratch scratch;
-  extern __shared__ float slot_sums[];  // [hidden], when several rows share the CTA
+  // Dynamic shared memory: the weight row as float (read every row: from shared memory
+  // it costs no L1/L2 traffic), then the staging ring, [stages][dy, s][CHUNKS][blockDim]
+  // units and [stages][blockDim] rstd. Each thread copies in exactly the ring units it
+  // later reads, so the ring needs no barrier; after the rows it merges the slots' dweight.
+  extern __shared__ __align__(16) unsigned char staging[];
+  float* weight_row = reinterpret_cast<float*>(staging);
+  Unit* ring = reinterpret_cast<Unit*>(staging + bwd_weight_bytes(p.hidden, p.weight != nullptr));
+  float* ring_rstd = reinterpret_cast<float*>(ring + int64_t(stages) * 2 * CHUNKS * blockDim.x);
+  auto unit_at = [&](int stage, int array, int c) -> Unit& {
+    return ring[((stage * 2 + array) * CHUNKS + c) * blockDim.x + threadIdx.x];
+  };
+
   const int rows_per_block = blockDim.x / threads_per_row;
   const int slot = threadIdx.x / threads_per_row;
   const int64_t lane = threadIdx.x % threads_per_row;
   const CtaRows cta(p);
-  const W* weight = weight_of_group<W>(p, cta.group);
   const T* d_new_residual = static_cast<const T*>(p.d_new_residual);
   auto column = [&](int c) { return (c * int64_t(threads_per_row) + lane) * VEC; };
+  auto row_in_range = [&](int64_t group_row) { return group_row + slot < p.rows_per_weight; };
 
-  // dy, s and rstd of the slot's row in a row group; zeros past the end.
-  auto load_rows = [&](int64_t group_row, Packed<T, VEC> (&dy)[CHUNKS], Packed<T, VEC> (&s)[CHUNKS],
-                       float& rstd) {
-    const bool row_ok = group_row + slot < p.rows_per_weight;
-    const int64_t row = cta.first_row + group_row + slot;
+  // Starts copying the slot's row of a row group into a stage; a group past the end
+  // commits an empty batch so that every thread counts batches alike.
+  auto stage_rows = [&](int64_t group_row, int stage) {
+    if (row_in_range(group_row)) {
+      const int64_t row = cta.first_row + group_row + slot;
 #pragma unroll
-    for (int c = 0; c < CHUNKS; ++c) {
-      if (row_ok && column(c) < p.hidden) {
-        dy[c] = load_packed<T, VEC>(static_cast<const T*>(p.dy) + row * p.hidden + column(c));
-        s[c] = load_packed<T, VEC>(static_cast<const T*>(p.s) + row * p.hidden + column(c));
-      } else {
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) dy[c].v[j] = s[c].v[j] = from_float<T>(0.f);
+      for (int c = 0; c < CHUNKS; ++c) {
+        if (column(c) < p.hidden) {
+          copy_async<sizeof(Unit)>(&unit_at(stage, 0, c), static_cast<const T*>(p.dy) + row * p.hidden + column(c));
+          copy_async<sizeof(Unit)>(&unit_at(stage, 1, c), static_cast<const T*>(p.s) + row * p.hidden + column(c));
+        }
       }
+      copy_async<4>(&ring_rstd[stage * blockDim.x + threadIdx.x], p.rstd + row);
     }
-    rstd = row_ok ? p.rstd[row] : 0.f;
+    commit_async_copies();
   };
 
-  // Each row group's loads go out before the previous group's reduction, so the
-  // persistent CTA always has a row in flight.
+  const int64_t first = cta.cta * rows_per_block;
   const int64_t stride = p.ctas_per_weight_row * rows_per_block;
+  for (int k = 0; k + 1 < stages; ++k) stage_rows(first + k * stride, k);
+  // The weight row as float, written by the first slot (its threads cover every column):
+  // each thread's loads go out at once, beside the first rows' (decode feels the latency).
+  const float* weight = nullptr;  // ones without a weight
+  if (p.weight != nullptr) {
+    if (slot == 0) {
+      const W* w = weight_of_group<W>(p, cta.group);
+      float values[CHUNKS][VEC];
+#pragma unroll
+      for (int c = 0; c < CHUNKS; ++c) {
+        if (column(c) < p.hidden) load_as_float<VEC>(w + column(c), values[c]);
+      }
+#pragma unroll
+      for (int c = 0; c < CHUNKS; ++c) {
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) {
+          if (column(c) < p.hidden) weight_row[column(c) + j] = values[c][j];
+        }
+      }
+    }
+    weight = weight_row;
+  }
+  __syncthreads();  // the weight row is written
   float dw[CHUNKS][VEC] = {};
-  Packed<T, VEC> dy[CHUNKS], s[CHUNKS];
-  float rstd;
-  load_rows(cta.cta * rows_per_block, dy, s, rstd);
-  for (int64_t group_row = cta.cta * rows_per_block; group_row < p.rows_per_weight; group_row += stride) {
-    Packed<T, VEC> next_dy[CHUNKS], next_s[CHUNKS];
-    float next_rstd;
-    load_rows(group_row + stride, next_dy, next_s, next_rstd);
+  int stage = 0;
+  for (int64_t group_row = first; group_row < p.rows_per_weight; group_row += stride) {
+    stage_rows(group_row + (stages - 1) * stride, stage == 0 ? stages - 1 : stage - 1);
+    wait_async_copies(stages - 1);
 
-    const bool row_ok = group_row + slot < p.rows_per_weight;
+    // dy and s are read from the stage twice (dot product, then dx) rather than held in
+    // registers across the reduction: that leaves the registers to the dweight sums.
+    const bool row_ok = row_in_range(group_row);
+    const float rstd = row_ok ? ring_rstd[stage * blockDim.x + threadIdx.x] : 0.f;
     const int64_t offset = (cta.first_row + group_row + slot) * p.hidden;
     float dot = 0.f;
+    if (row_ok) {
 #pragma unroll
-    for (int c = 0; c < CHUNKS; ++c) {
-      if (column(c) < p.hidden) {
-        float w[VEC];
-        load_weight<VEC>(weight, column(c), w);
-        dot += dot_g_n(dy[c], s[c], w, rstd);
+      for (int c = 0; c < CHUNKS; ++c) {
+        if (column(c) < p.hidden) {
+          float w[VEC];
+          load_weight<VEC>(weight, column(c), w);
+          dot += dot_g_n(load_packed<T, VEC>(unit_at(stage, 0, c).v), load_packed<T, VEC>(unit_at(stage, 1, c).v), w, rstd);
+        }
       }
     }
     const float mean_gn = row_sum(dot, threads_per_row, 1, scratch) / static_cast<float>(p.hidden);
@@ -131,49 +171,57 @@ __global__ void __launch_bounds__(kBwdBlock)
           float w[VEC];
           load_weight<VEC>(weight, column(c), w);
           store_packed(static_cast<T*>(p.dx) + offset + column(c),
-                       input_grad(dy[c], s[c], w, rstd, mean_gn,
+                       input_grad(load_packed<T, VEC>(unit_at(stage, 0, c).v), load_packed<T, VEC>(unit_at(stage, 1, c).v), w, rstd, mean_gn,
                                   d_new_residual ? d_new_residual + offset + column(c) : nullptr,
                                   dw[c]));
         }
       }
     }
-    __syncthreads();  // the next row's reduction reuses the scratch
-#pragma unroll
-    for (int c = 0; c < CHUNKS; ++c) {
-      dy[c] = next_dy[c];
-      s[c] = next_s[c];
-    }
-    rstd = next_rstd;
+    if (threads_per_row > kWarp) __syncthreads();  // the next row's reduction reuses the scratch
+    stage = stage + 1 == stages ? 0 : stage + 1;
   }
 
   if (p.dweight_partials == nullptr) return;
+  // One CTA per weight row writes dweight itself (no partials pass); else its partial row.
+  const bool direct = p.ctas_per_weight_row == 1 && p.dweight != nullptr;
+  W* dweight = direct ? static_cast<W*>(p.dweight) + cta.group * p.hidden : nullptr;
   float* partial = p.dweight_partials + blockIdx.x * p.hidden;
-  if (rows_per_block > 1) {
-    // Add the slots' accumulators in slot order, then write the CTA's partial row.
-    for (int turn = 0; turn < rows_per_block; ++turn) {
-      if (slot == turn) {
-#pragma unroll
-        for (int c = 0; c < CHUNKS; ++c) {
-#pragma unroll
-          for (int j = 0; j < VEC; ++j) {
-            if (column(c) + j < p.hidden) {
-              const float before = turn == 0 ? 0.f : slot_sums[column(c) + j];
-              slot_sums[column(c) + j] = before + dw[c][j];
-            }
-          }
-        }
-      }
-      __syncthreads();
+  auto write = [&](int64_t col, float v) {
+    if (direct) {
+      dweight[col] = from_float<W>(v);
+    } else {
+      partial[col] = v;
     }
-    for (int64_t col = threadIdx.x; col < p.hidden; col += blockDim.x) partial[col] = slot_sums[col];
-  } else {
+  };
+  if (rows_per_block == 1) {
 #pragma unroll
     for (int c = 0; c < CHUNKS; ++c) {
 #pragma unroll
       for (int j = 0; j < VEC; ++j) {
-        if (column(c) + j < p.hidden) partial[column(c) + j] = dw[c][j];
+        if (column(c) + j < p.hidden) write(column(c) + j, dw[c][j]);
       }
     }
+    return;
+  }
+  // Several rows per CTA: every slot writes its sums to [slot][hidden] in the (now idle)
+  // ring, then each column is added over the slots in slot order. The ring holds it:
+  // slots * hidden <= blockDim * CHUNKS * VEC floats, under the 2 * blockDim * CHUNKS *
+  // VEC elements of one stage (elements are at least 2 bytes).
+  wait_async_copies(0);
+  __syncthreads();
+  float* slot_sums = reinterpret_cast<float*>(ring);
+#pragma unroll
+  for (int c = 0; c < CHUNKS; ++c) {
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      if (column(c) + j < p.hidden) slot_sums[slot * p.hidden + column(c) + j] = dw[c][j];
+    }
+  }
+  __syncthreads();
+  for (int64_t col = threadIdx.x; col < p.hidden; col += blockDim.x) {
+    float total = 0.f;
+    for (int k = 0; k < rows_per_block; ++k) total += slot_sums[k * p.hidden + col];
+    write(col, total);
   }
 }
 
@@ -250,22 +298,16 @@ cudaError_t launch_bwd(const BwdProblem& p, const BwdLaunch& l, cudaStream_t str
   if (l.kernel == FwdKernel::kStreaming) {
     return launch(rms_norm_bwd_streaming<T, W, VEC>, grid, dim3(l.block), 0, 1, stream, p);
   }
-  using Kernel = void (*)(BwdProblem, int);
-  Kernel kernel = nullptr;
-  switch (l.chunks) {
-    case 1: kernel = rms_norm_bwd_registers<T, W, VEC, 1>; break;
-    case 2: kernel = rms_norm_bwd_registers<T, W, VEC, 2>; break;
-    case 4: kernel = rms_norm_bwd_registers<T, W, VEC, 4>; break;
-    default: return cudaErrorInvalidConfiguration;
-  }
-  const bool shares_cta = l.block / l.threads_per_row > 1;
-  const size_t smem = shares_cta && p.dweight_partials ? p.hidden * sizeof(float) : 0;
-  return launch(kernel, grid, dim3(l.block), smem, 1, stream, p, l.threads_per_row);
+  const size_t smem = bwd_weight_bytes(p.hidden, p.weight != nullptr) + l.stages * bwd_stage_bytes(l, sizeof(T));
+  return dispatch_chunks<kMaxBwdChunks>(l.chunks, [&](auto chunks) {
+    return launch(rms_norm_bwd_registers<T, W, VEC, decltype(chunks)::value>, grid, dim3(l.block),
+                  smem, 1, stream, p, l.threads_per_row, l.stages);
+  });
 }
 
 }  // namespace
 
-std::string rms_norm_bwd_cuda(const BwdProblem& p, cudaStream_t stream) {
+std::string rms_norm_bwd_cuda(const BwdProblem& p, cudaStream_t stream, const BwdLaunch* chosen) {
   // No rows still writes dweight (zeros, through zero partials); no columns writes nothing.
   if (p.hidden == 0 || p.weight_rows == 0) return {};
   const int elem_bytes = dtype_bytes(p.x_dtype);
@@ -276,7 +318,8 @@ std::string rms_norm_bwd_cuda(const BwdProblem& p, cudaStream_t stream) {
       (p.dweight_partials == nullptr || aligned_to(p.dweight_partials, 16)) &&
       (p.weight == nullptr ||
        aligned_to(p.weight, weight_alignment(vec, dtype_bytes(p.weight_dtype))));
-  const BwdLaunch l = choose_bwd_launch(p.hidden, elem_bytes, vector_ok);
+  const BwdLaunch l = chosen != nullptr ? *chosen : choose_bwd_launch(p.hidden, elem_bytes, vector_ok);
+  if (l.vec != 1 && !vector_ok) return "vector launch for unaligned buffers";
   if (p.weight_rows * p.ctas_per_weight_row > 0x7fffffff) return "too many CTAs for one launch";
   if (p.weight_rows > 65535) return "too many weight rows (vmap size) for one launch";
 
@@ -285,7 +328,9 @@ std::string rms_norm_bwd_cuda(const BwdProblem& p, cudaStream_t stream) {
     using W = typename decltype(w_tag)::type;
     cudaError_t e = l.vec == 1 ? launch_bwd<T, W, 1>(p, l, stream)
                                : launch_bwd<T, W, 16 / sizeof(T)>(p, l, stream);
-    if (e != cudaSuccess || p.dweight == nullptr) return e;
+    // The register kernel writes dweight itself when one CTA covers a weight row.
+    const bool direct = l.kernel == FwdKernel::kRegisters && p.ctas_per_weight_row == 1;
+    if (e != cudaSuccess || p.dweight == nullptr || direct) return e;
     const dim3 grid(static_cast<unsigned>(ceil_div(p.hidden, kSumCols)), static_cast<unsigned>(p.weight_rows));
     return launch(sum_dweight_partials<W>, grid, dim3(kSumCols, kSumLanes), 0, 1, stream, p);
   });

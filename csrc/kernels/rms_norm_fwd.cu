@@ -57,10 +57,12 @@ __device__ __forceinline__ const W* weight_row(const FwdProblem& p, int64_t row)
   return static_cast<const W*>(p.weight) + (row / p.rows_per_weight) * p.hidden;
 }
 
+// Two 512-thread CTAs (or four of 256) per SM: at most 64 registers a thread.
 template <typename T, typename W, int VEC, int CHUNKS>
-__global__ void __launch_bounds__(kRegistersBlock)
+__global__ void __launch_bounds__(kRegistersBlock, 2)
     rms_norm_fwd_registers(FwdProblem p, int threads_per_row, int cluster) {
   __shared__ RowSumScratch scratch;
+  arrive_cluster_started(cluster);
   const T* __restrict__ x = static_cast<const T*>(p.x);
   const T* __restrict__ residual = static_cast<const T*>(p.residual);
 
@@ -91,9 +93,9 @@ __global__ void __launch_bounds__(kRegistersBlock)
       for (int j = 0; j < VEC; ++j) s[c].v[j] = from_float<T>(0.f);
     }
   }
-  // Up to 4 chunks, the weights come in before the reduction, hiding their latency
-  // behind it (decode: one row, one round trip); 8 chunks would not fit in registers.
-  constexpr bool kEarlyWeight = CHUNKS <= 4;
+  // With one chunk (small problems: decode), the weights come in before the reduction,
+  // hiding their latency behind it; more chunks would not fit the register budget.
+  constexpr bool kEarlyWeight = CHUNKS == 1;
   const W* weight = weight_row<W>(p, row);
   float w[kEarlyWeight ? CHUNKS : 1][VEC];
   if (kEarlyWeight) {
@@ -161,17 +163,11 @@ __global__ void __launch_bounds__(kMaxBlock) rms_norm_fwd_streaming(FwdProblem p
 
 template <typename T, typename W, int VEC>
 cudaError_t launch_registers(const FwdProblem& p, const FwdLaunch& l, cudaStream_t stream) {
-  using Kernel = void (*)(FwdProblem, int, int);
-  Kernel kernel = nullptr;
-  switch (l.chunks) {
-    case 1: kernel = rms_norm_fwd_registers<T, W, VEC, 1>; break;
-    case 2: kernel = rms_norm_fwd_registers<T, W, VEC, 2>; break;
-    case 4: kernel = rms_norm_fwd_registers<T, W, VEC, 4>; break;
-    case 8: kernel = rms_norm_fwd_registers<T, W, VEC, 8>; break;
-    default: return cudaErrorInvalidConfiguration;
-  }
-  return launch(kernel, dim3(static_cast<unsigned>(l.grid)), dim3(l.block), 0, l.cluster, stream,
-                p, l.threads_per_row, l.cluster);
+  return dispatch_chunks<kMaxChunks>(l.chunks, [&](auto chunks) {
+    return launch(rms_norm_fwd_registers<T, W, VEC, decltype(chunks)::value>,
+                  dim3(static_cast<unsigned>(l.grid)), dim3(l.block), 0, l.cluster, stream, p,
+                  l.threads_per_row, l.cluster);
+  });
 }
 
 template <typename T, typename W, int VEC>
@@ -202,7 +198,7 @@ int max_cluster_size() {
 
 }  // namespace
 
-std::string rms_norm_fwd_cuda(const FwdProblem& p, cudaStream_t stream) {
+std::string rms_norm_fwd_cuda(const FwdProblem& p, cudaStream_t stream, const FwdLaunch* chosen) {
   if (p.rows == 0 || p.hidden == 0) return {};
   const int elem_bytes = dtype_bytes(p.x_dtype);
   const int vec = 16 / elem_bytes;
@@ -211,7 +207,10 @@ std::string rms_norm_fwd_cuda(const FwdProblem& p, cudaStream_t stream) {
       (p.residual == nullptr || (aligned_to(p.residual, 16) && aligned_to(p.residual_out, 16))) &&
       (p.weight == nullptr ||
        aligned_to(p.weight, weight_alignment(vec, dtype_bytes(p.weight_dtype))));
-  const FwdLaunch l = choose_fwd_launch(p.rows, p.hidden, elem_bytes, vector_ok, max_cluster_size());
+  const FwdLaunch l = chosen != nullptr
+                          ? *chosen
+                          : choose_fwd_launch(p.rows, p.hidden, elem_bytes, vector_ok, max_cluster_size());
+  if (l.vec != 1 && !vector_ok) return "vector launch for unaligned buffers";
   if (l.grid > 0x7fffffff) return "too many rows for one launch (grid exceeds 2^31-1 blocks)";
 
   const cudaError_t err = dispatch_dtypes<CudaTypes>(p.x_dtype, p.weight_dtype, [&](auto x_tag, auto w_tag) {
