@@ -11,8 +11,8 @@
 // chooser's launch: fwd/res tpr, chunks, block, cluster, streaming=1; bwd tpr, chunks,
 // block, stages, ctas, streaming=1. `copy` measures device-to-device copy bandwidth.
 // Times are per call: CUDA-event medians over batches of 20 back-to-back launches (the
-// ~1 us gaps between kernels included; decode-sized kernels are host-bound here, judge
-// them with bench.py) that rotate through input sets of 256 MB or more in all (beyond
+// gaps between kernels included; decode-sized kernels are host-bound unless --graph
+// replays the batch as a CUDA graph) that rotate through input sets of 256 MB or more in all (beyond
 // L2). Bandwidth counts the op's byte floor (read x [and residual] / dy and x, write y
 // [and residual_out] / dx) against the copy bandwidth measured by `copy`.
 #include <cuda_runtime.h>
@@ -157,25 +157,47 @@ double median(std::vector<float> v) {
 // stays out of the figure (one event pair per launch would add it to small kernels).
 constexpr int kBatch = 20;
 
+// --graph: the batch is captured once into a CUDA graph and replayed, so host launch
+// cost leaves the figure; the choice for decode-sized kernels is made in this mode.
+bool use_graph = false;
+
 template <typename F>
 double time_us(int sets, int reps, F&& enqueue) {
+  cudaStream_t stream;
+  CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   cudaEvent_t start, stop;
   CHECK(cudaEventCreate(&start));
   CHECK(cudaEventCreate(&stop));
-  for (int i = 0; i < 3; ++i) enqueue(i % sets);
+  for (int i = 0; i < 3; ++i) enqueue(i % sets, stream);
+  cudaGraphExec_t graph_exec = nullptr;
+  if (use_graph) {
+    cudaGraph_t graph;
+    CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    for (int b = 0; b < kBatch; ++b) enqueue(b % sets, stream);
+    CHECK(cudaStreamEndCapture(stream, &graph));
+    CHECK(cudaGraphInstantiate(&graph_exec, graph, 0));
+    CHECK(cudaGraphDestroy(graph));
+    CHECK(cudaGraphLaunch(graph_exec, stream));
+  }
   std::vector<float> ms;
   int next = 0;
   for (int i = 0; i < reps; ++i) {
-    CHECK(cudaEventRecord(start));
-    for (int b = 0; b < kBatch; ++b) enqueue(next++ % sets);
-    CHECK(cudaEventRecord(stop));
+    CHECK(cudaEventRecord(start, stream));
+    if (use_graph) {
+      CHECK(cudaGraphLaunch(graph_exec, stream));
+    } else {
+      for (int b = 0; b < kBatch; ++b) enqueue(next++ % sets, stream);
+    }
+    CHECK(cudaEventRecord(stop, stream));
     CHECK(cudaEventSynchronize(stop));
     float t = 0;
     CHECK(cudaEventElapsedTime(&t, start, stop));
     ms.push_back(t / kBatch);
   }
+  if (graph_exec != nullptr) CHECK(cudaGraphExecDestroy(graph_exec));
   CHECK(cudaEventDestroy(start));
   CHECK(cudaEventDestroy(stop));
+  CHECK(cudaStreamDestroy(stream));
   return median(ms) * 1e3;
 }
 
@@ -185,7 +207,7 @@ void measure_copy() {
   CHECK(cudaMalloc(&a, bytes));
   CHECK(cudaMalloc(&b, bytes));
   CHECK(cudaMemset(a, 1, bytes));
-  const double us = time_us(1, 5, [&](int) { CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice)); });
+  const double us = time_us(1, 5, [&](int, cudaStream_t st) { CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, st)); });
   copy_bandwidth = 2.0 * bytes / (us * 1e-6);
   std::printf("copy 1 GiB: %.1f us, %.3f TB/s (read + written)\n", us, copy_bandwidth / 1e12);
   CHECK(cudaFree(a));
@@ -291,7 +313,7 @@ void run_forward(const std::string& spec, const Case& c, int reps) {
   std::snprintf(check, sizeof check, "max|gpu-cpu| %.3g, %ld beyond tol%s", d.max_diff, long(bad),
                 bad ? "  <-- MISMATCH" : "");
 
-  const double us = time_us(sets, reps, [&](int s) { rms_norm_fwd_cuda(problems[s], 0, &l); });
+  const double us = time_us(sets, reps, [&](int s, cudaStream_t st) { rms_norm_fwd_cuda(problems[s], st, &l); });
   report(spec, fwd_config(l), us, double(n) * eb * (residual ? 4 : 2), check);
   for (auto& p : problems) {
     cudaFree(const_cast<void*>(p.x));
@@ -395,7 +417,7 @@ void run_backward(const std::string& spec, const Case& c, int reps) {
   char check[128];
   std::snprintf(check, sizeof check, "dx max diff %.3g (%ld beyond tol), dweight max diff %.3g of %.3g%s",
                 dx.max_diff, long(dx.bad), dw.max_diff, dw.max_ref, dx.bad || dw_bad ? "  <-- MISMATCH" : "");
-  const double us = time_us(sets, reps, [&](int s) { rms_norm_bwd_cuda(problems[s], 0, &l); });
+  const double us = time_us(sets, reps, [&](int s, cudaStream_t st) { rms_norm_bwd_cuda(problems[s], st, &l); });
   report(spec, config, us, double(n) * eb * 3, check);
   for (auto& p : problems) {
     cudaFree(const_cast<void*>(p.dy));
@@ -414,7 +436,9 @@ int main(int argc, char** argv) {
   int reps = 10;
   for (int i = 1; i < argc; ++i) {
     const std::string spec = argv[i];
-    if (spec.rfind("--reps=", 0) == 0) {
+    if (spec == "--graph") {
+      use_graph = true;
+    } else if (spec.rfind("--reps=", 0) == 0) {
       reps = std::atoi(spec.c_str() + 7);
     } else if (spec == "copy") {
       measure_copy();
