@@ -9,7 +9,7 @@
 // A case is op:ROWSxHIDDEN[:dtype][:key=value,...]; op is fwd, res (fused residual) or
 // bwd; dtype bf16 (default), f16 or f32 (the weight is float32). Keys override the
 // chooser's launch: fwd/res tpr, chunks, block, cluster, streaming=1; bwd tpr, chunks,
-// block, stages, ctas, streaming=1. `copy` measures device-to-device copy bandwidth.
+// block, cluster, stages, ctas, streaming=1. `copy` measures device-to-device copy bandwidth.
 // Times are per call: CUDA-event medians over batches of 20 back-to-back launches (the
 // gaps between kernels included; decode-sized kernels are host-bound unless --graph
 // replays the batch as a CUDA graph) that rotate through input sets of 256 MB or more in all (beyond
@@ -362,6 +362,7 @@ void run_backward(const std::string& spec, const Case& c, int reps) {
   l.chunks = int(c.get("chunks", l.chunks));
   l.block = int(c.get("block", l.block));
   l.stages = int(c.get("stages", l.stages));
+  l.cluster = int(c.get("cluster", l.kernel == FwdKernel::kStreaming ? 1 : l.cluster));
   const int64_t ctas = c.get("ctas", bwd_ctas_per_weight_row(c.rows, c.hidden, eb));
 
   const int sets = sets_for(double(n) * eb * 3);
@@ -387,9 +388,9 @@ void run_backward(const std::string& spec, const Case& c, int reps) {
     p.weight_dtype = DType::kF32;
   }
   char config[128];
-  std::snprintf(config, sizeof config, "%s vec=%d tpr=%d chunks=%d block=%d stages=%d ctas=%ld",
+  std::snprintf(config, sizeof config, "%s vec=%d tpr=%d chunks=%d block=%d cluster=%d stages=%d ctas=%ld",
                 l.kernel == FwdKernel::kStreaming ? "streaming" : "registers", l.vec, l.threads_per_row,
-                l.chunks, l.block, l.stages, long(ctas));
+                l.chunks, l.block, l.cluster, l.stages, long(ctas));
   std::string err = rms_norm_bwd_cuda(problems[0], 0, &l);
   if (!err.empty()) {
     report(spec, config, 0, 0, "launch failed: " + err);

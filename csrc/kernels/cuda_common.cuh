@@ -4,6 +4,7 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 
@@ -24,6 +25,23 @@ inline bool aligned_to(const void* p, int bytes) {
 // read vec elements at a time, so it needs vec * its own size (at most 16 bytes).
 inline int weight_alignment(int vec, int weight_bytes) {
   return vec * weight_bytes < 16 ? vec * weight_bytes : 16;
+}
+
+// Thread-block clusters need sm_90; cached per device (the query is cheap, but the
+// handler runs on every call).
+inline int max_cluster_size() {
+  static std::atomic<int> cached[64];
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return 1;
+  if (device < 0 || device >= 64) return 1;
+  int value = cached[device].load(std::memory_order_relaxed);
+  if (value == 0) {
+    int major = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    value = major >= 9 ? 8 : 1;
+    cached[device].store(value, std::memory_order_relaxed);
+  }
+  return value;
 }
 
 // One launch path for every kernel: cluster dimension, dynamic shared memory beyond the

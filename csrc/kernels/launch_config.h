@@ -94,7 +94,8 @@ struct BwdLaunch {
   FwdKernel kernel = FwdKernel::kRegisters;
   int vec = 1;
   int chunks = 1;
-  int threads_per_row = 1;
+  int threads_per_row = 1;  // within one CTA
+  int cluster = 1;          // CTAs sharing one row (long rows): each owns a column slice
   int block = 1;
   int stages = 1;  // row groups in the staging ring (kRegisters)
 };
@@ -105,7 +106,9 @@ inline int64_t bwd_stage_bytes(const BwdLaunch& l, int elem_bytes) {
   return int64_t{2} * l.chunks * l.block * l.vec * elem_bytes + int64_t{4} * l.block;
 }
 
-inline BwdLaunch choose_bwd_launch(int64_t hidden, int elem_bytes, bool vector_ok) {
+// `max_cluster`: 8 on sm_90 (the default: the partial-buffer size below must not depend
+// on the device; the kernels are right for any), 1 without clusters.
+inline BwdLaunch choose_bwd_launch(int64_t hidden, int elem_bytes, bool vector_ok, int max_cluster = 8) {
   BwdLaunch l;
   l.vec = vector_ok ? 16 / elem_bytes : 1;
   const int64_t units = ceil_div(hidden, l.vec);
@@ -114,15 +117,23 @@ inline BwdLaunch choose_bwd_launch(int64_t hidden, int elem_bytes, bool vector_o
   const int target = units <= 64 ? 1 : (units <= 256 ? 2 : kTargetChunks);
   l.threads_per_row = next_pow2(ceil_div(units, target));
   if (l.threads_per_row > kBwdBlock) l.threads_per_row = kBwdBlock;
+  l.block = kBwdBlock;
   const int64_t chunks = ceil_div(units, l.threads_per_row);
   if (chunks > kMaxBwdChunks) {
-    l.kernel = FwdKernel::kStreaming;
-    l.threads_per_row = kMaxBlock;
-    l.block = kMaxBlock;
-    return l;
+    // Long rows: a cluster of CTAs per row, each with its column slice (and its slice of
+    // the dweight sums) in registers.
+    const int cluster = next_pow2(ceil_div(units, int64_t{kBwdBlock} * kMaxBwdChunks));
+    if (cluster > max_cluster) {
+      l.kernel = FwdKernel::kStreaming;
+      l.threads_per_row = kMaxBlock;
+      l.block = kMaxBlock;
+      return l;
+    }
+    l.cluster = cluster;
+    l.chunks = next_pow2(ceil_div(units, int64_t{kBwdBlock} * cluster));
+  } else {
+    l.chunks = next_pow2(chunks);
   }
-  l.chunks = next_pow2(chunks);
-  l.block = kBwdBlock;
   const int64_t fit = kBwdStagingBudget / bwd_stage_bytes(l, elem_bytes);
   l.stages = fit < 1 ? 1 : (fit > kBwdStages ? kBwdStages : static_cast<int>(fit));
   return l;
@@ -137,9 +148,10 @@ inline int64_t bwd_ctas_per_weight_row(int64_t rows_per_weight, int64_t hidden, 
   const BwdLaunch l = choose_bwd_launch(hidden, elem_bytes, hidden % (16 / elem_bytes) == 0);
   const int64_t row_groups = ceil_div(rows_per_weight, l.block / l.threads_per_row);
   // Two register-kernel CTAs are resident per SM: a grid of 2 x SMs runs in one wave.
+  // With clusters, a "CTA" here is a cluster (one partial row).
   int64_t ctas = kPartialBudgetBytes / (4 * hidden);
-  if (ctas > 2 * kSmCount) ctas = 2 * kSmCount;
-  if (ctas < kSmCount) ctas = kSmCount;
+  if (ctas > 2 * kSmCount / l.cluster) ctas = 2 * kSmCount / l.cluster;
+  if (ctas < kSmCount / l.cluster) ctas = kSmCount / l.cluster;
   return row_groups < ctas ? row_groups : ctas;
 }
 

@@ -12,7 +12,7 @@ constexpr int kMaxCluster = 16;
 // Shared memory the reduction needs; one per block.
 struct RowSumScratch {
   float warp_sums[kMaxThreads / kWarp];
-  float cluster_sums[kMaxCluster];  // written by the cluster's CTAs, one slot per rank
+  float cluster_sums[2][kMaxCluster];  // written by the cluster's CTAs: [row parity][rank]
 };
 
 // A CTA may write a peer's shared memory only once every CTA of the cluster runs. The
@@ -27,12 +27,14 @@ __device__ __forceinline__ void arrive_cluster_started(int cluster_size) {
 // Sums `v` over the `threads_per_row` consecutive threads of a row (a power of two;
 // rows never straddle a warp unless they own whole warps), then, when
 // `cluster_size` > 1, over the CTAs of the thread-block cluster that shares the row
-// (then the kernel must have called arrive_cluster_started, and calls row_sum once).
+// (then the kernel must have called arrive_cluster_started; a kernel that reduces several
+// rows in turn passes each row's parity, and `first_row` only for its first).
 // Every thread of the block must call it. All threads of a row get the same bits:
 // the xor butterfly adds each pair in both lanes in the same (commutative) way and
 // the later stages read partial sums in a fixed order, so results are deterministic.
 __device__ __forceinline__ float row_sum(float v, int threads_per_row, int cluster_size,
-                                         RowSumScratch& scratch) {
+                                         RowSumScratch& scratch, int parity = 0,
+                                         bool first_row = true) {
   const int width = threads_per_row < kWarp ? threads_per_row : kWarp;
   for (int offset = width / 2; offset > 0; offset /= 2) {
     v += __shfl_xor_sync(0xffffffffu, v, offset);
@@ -48,18 +50,20 @@ __device__ __forceinline__ float row_sum(float v, int threads_per_row, int clust
   }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if (cluster_size > 1) {
-    // Every CTA puts its sum into slot [its rank] of every peer, then one barrier, then
-    // each adds its own slots in rank order: the same bits everywhere, and no remote
-    // access after the barrier, so a CTA may exit as soon as it passes it.
+    // Every CTA puts its sum into slot [parity][its rank] of every peer, then one barrier,
+    // then each adds its own slots in rank order: the same bits everywhere, and no remote
+    // access after the barrier, so a CTA may exit as soon as it passes it. A peer writes
+    // the other parity's slots for the next row only after this barrier, and this parity's
+    // again only after the next one, which this CTA reaches after reading them.
     namespace cg = cooperative_groups;
     cg::cluster_group cluster = cg::this_cluster();
-    asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");  // see arrive_cluster_started
+    if (first_row) asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");  // see arrive_cluster_started
     if (threadIdx.x < cluster_size) {
-      *cluster.map_shared_rank(&scratch.cluster_sums[cluster.block_rank()], threadIdx.x) = v;
+      *cluster.map_shared_rank(&scratch.cluster_sums[parity][cluster.block_rank()], threadIdx.x) = v;
     }
     cluster.sync();
     float total = 0.f;
-    for (int rank = 0; rank < cluster_size; ++rank) total += scratch.cluster_sums[rank];
+    for (int rank = 0; rank < cluster_size; ++rank) total += scratch.cluster_sums[parity][rank];
     v = total;
   }
 #endif

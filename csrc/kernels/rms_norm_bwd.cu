@@ -4,9 +4,11 @@
 // thread keeping float32 dweight accumulators for the columns it owns. At the end every
 // CTA writes one float32 partial row, and sum_dweight_partials adds the partials in a
 // fixed order: the same inputs give the same bits on every run.
-//  - rms_norm_bwd_registers: dy and s of a row in registers, one read of each.
-//  - rms_norm_bwd_streaming: rows longer than that; two passes over dy and s, and the
-//    CTA's partial row in global memory (only this thread ever touches its columns).
+//  - rms_norm_bwd_registers: dy and s staged through shared memory (cp.async), one read
+//    of each; a row shared by the threads of a CTA, or for long rows by a cluster of CTAs
+//    (each with a column slice; the cluster writes one partial row).
+//  - rms_norm_bwd_streaming: rows longer than a cluster holds; two passes over dy and s,
+//    and the CTA's partial row in global memory (only this thread touches its columns).
 #include <cstdint>
 #include <string>
 
@@ -21,11 +23,13 @@ namespace {
 
 // Which rows a CTA owns: rows [first_row, first_row + rows_per_weight) share weight row
 // `group`; the CTA takes row groups cta, cta + ctas, ... of them.
+// With clusters, "CTA" means the cluster: its CTAs share rows and a partial row.
 struct CtaRows {
-  int64_t group, cta, first_row;
-  __device__ explicit CtaRows(const BwdProblem& p)
-      : group(blockIdx.x / p.ctas_per_weight_row),
-        cta(blockIdx.x % p.ctas_per_weight_row),
+  int64_t unit, group, cta, first_row;
+  __device__ CtaRows(const BwdProblem& p, int cluster)
+      : unit(blockIdx.x / cluster),
+        group(unit / p.ctas_per_weight_row),
+        cta(unit % p.ctas_per_weight_row),
         first_row(group * p.rows_per_weight) {}
 };
 
@@ -34,9 +38,12 @@ __device__ __forceinline__ const W* weight_of_group(const BwdProblem& p, int64_t
   return p.weight == nullptr ? nullptr : static_cast<const W*>(p.weight) + group * p.hidden;
 }
 
-// Bytes of the register kernel's float weight row in shared memory (16-byte multiple).
-__host__ __device__ inline int64_t bwd_weight_bytes(int64_t hidden, bool has_weight) {
-  return has_weight ? (hidden + 3) / 4 * 16 : 0;
+// Floats of the register kernel's weight in shared memory: the row, or with clusters each
+// thread's own columns (CHUNKS x VEC per thread); a multiple of 4 (16-byte aligned ring).
+__host__ __device__ inline int64_t bwd_weight_floats(int64_t hidden, bool has_weight, int cluster,
+                                                     int chunks, int block, int vec) {
+  if (!has_weight) return 0;
+  return cluster > 1 ? int64_t{chunks} * block * vec : (hidden + 3) / 4 * 4;
 }
 
 // Sum over the row of g * n, for this thread's VEC elements (g = dy * w, n = s * rstd).
@@ -76,7 +83,7 @@ __device__ __forceinline__ Packed<T, VEC> input_grad(const Packed<T, VEC>& dy,
 
 template <typename T, typename W, int VEC, int CHUNKS>
 __global__ void __launch_bounds__(kBwdBlock, 2)
-    rms_norm_bwd_registers(BwdProblem p, int threads_per_row, int stages) {
+    rms_norm_bwd_registers(BwdProblem p, int threads_per_row, int cluster, int stages) {
   using Unit = Packed<T, VEC>;
   __shared__ RowSumScratch scratch;
   // Dynamic shared memory: the weight row as float (read every row: from shared memory
@@ -85,18 +92,26 @@ __global__ void __launch_bounds__(kBwdBlock, 2)
   // later reads, so the ring needs no barrier; after the rows it merges the slots' dweight.
   extern __shared__ __align__(16) unsigned char staging[];
   float* weight_row = reinterpret_cast<float*>(staging);
-  Unit* ring = reinterpret_cast<Unit*>(staging + bwd_weight_bytes(p.hidden, p.weight != nullptr));
+  Unit* ring = reinterpret_cast<Unit*>(
+      weight_row + bwd_weight_floats(p.hidden, p.weight != nullptr, cluster, CHUNKS, blockDim.x, VEC));
   float* ring_rstd = reinterpret_cast<float*>(ring + int64_t(stages) * 2 * CHUNKS * blockDim.x);
   auto unit_at = [&](int stage, int array, int c) -> Unit& {
     return ring[((stage * 2 + array) * CHUNKS + c) * blockDim.x + threadIdx.x];
   };
 
+  // A row's threads: threads_per_row of this CTA, or every thread of the cluster.
+  arrive_cluster_started(cluster);
   const int rows_per_block = blockDim.x / threads_per_row;
   const int slot = threadIdx.x / threads_per_row;
-  const int64_t lane = threadIdx.x % threads_per_row;
-  const CtaRows cta(p);
+  const int64_t row_threads = int64_t(threads_per_row) * cluster;
+  const int64_t lane = int64_t(blockIdx.x % cluster) * blockDim.x + threadIdx.x % threads_per_row;
+  const CtaRows cta(p, cluster);
   const T* d_new_residual = static_cast<const T*>(p.d_new_residual);
-  auto column = [&](int c) { return (c * int64_t(threads_per_row) + lane) * VEC; };
+  auto column = [&](int c) { return (c * row_threads + lane) * VEC; };
+  // Where a column's weight sits in shared memory: the whole row, or this thread's own.
+  auto weight_index = [&](int c) {
+    return cluster > 1 ? (c * int64_t(blockDim.x) + threadIdx.x) * VEC : column(c);
+  };
   auto row_in_range = [&](int64_t group_row) { return group_row + slot < p.rows_per_weight; };
 
   // Starts copying the slot's row of a row group into a stage; a group past the end
@@ -134,7 +149,7 @@ __global__ void __launch_bounds__(kBwdBlock, 2)
       for (int c = 0; c < CHUNKS; ++c) {
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-          if (column(c) < p.hidden) weight_row[column(c) + j] = values[c][j];
+          if (column(c) < p.hidden) weight_row[weight_index(c) + j] = values[c][j];
         }
       }
     }
@@ -142,7 +157,7 @@ __global__ void __launch_bounds__(kBwdBlock, 2)
   }
   __syncthreads();  // the weight row is written
   float dw[CHUNKS][VEC] = {};
-  int stage = 0;
+  int stage = 0, parity = 0;
   for (int64_t group_row = first; group_row < p.rows_per_weight; group_row += stride) {
     stage_rows(group_row + (stages - 1) * stride, stage == 0 ? stages - 1 : stage - 1);
     wait_async_copies(stages - 1);
@@ -158,18 +173,20 @@ __global__ void __launch_bounds__(kBwdBlock, 2)
       for (int c = 0; c < CHUNKS; ++c) {
         if (column(c) < p.hidden) {
           float w[VEC];
-          load_weight<VEC>(weight, column(c), w);
+          load_weight<VEC>(weight, weight_index(c), w);
           dot += dot_g_n(load_packed<T, VEC>(unit_at(stage, 0, c).v), load_packed<T, VEC>(unit_at(stage, 1, c).v), w, rstd);
         }
       }
     }
-    const float mean_gn = row_sum(dot, threads_per_row, 1, scratch) / static_cast<float>(p.hidden);
+    const float mean_gn = row_sum(dot, threads_per_row, cluster, scratch, parity, group_row == first) /
+                          static_cast<float>(p.hidden);
+    parity ^= 1;
     if (row_ok) {
 #pragma unroll
       for (int c = 0; c < CHUNKS; ++c) {
         if (column(c) < p.hidden) {
           float w[VEC];
-          load_weight<VEC>(weight, column(c), w);
+          load_weight<VEC>(weight, weight_index(c), w);
           store_packed(static_cast<T*>(p.dx) + offset + column(c),
                        input_grad(load_packed<T, VEC>(unit_at(stage, 0, c).v), load_packed<T, VEC>(unit_at(stage, 1, c).v), w, rstd, mean_gn,
                                   d_new_residual ? d_new_residual + offset + column(c) : nullptr,
@@ -185,7 +202,7 @@ __global__ void __launch_bounds__(kBwdBlock, 2)
   // One CTA per weight row writes dweight itself (no partials pass); else its partial row.
   const bool direct = p.ctas_per_weight_row == 1 && p.dweight != nullptr;
   W* dweight = direct ? static_cast<W*>(p.dweight) + cta.group * p.hidden : nullptr;
-  float* partial = p.dweight_partials + blockIdx.x * p.hidden;
+  float* partial = p.dweight_partials + cta.unit * p.hidden;
   auto write = [&](int64_t col, float v) {
     if (direct) {
       dweight[col] = from_float<W>(v);
@@ -228,7 +245,7 @@ __global__ void __launch_bounds__(kBwdBlock, 2)
 template <typename T, typename W, int VEC>
 __global__ void __launch_bounds__(kMaxBlock) rms_norm_bwd_streaming(BwdProblem p) {
   __shared__ RowSumScratch scratch;
-  const CtaRows cta(p);
+  const CtaRows cta(p, 1);
   const W* weight = weight_of_group<W>(p, cta.group);
   const T* dy_all = static_cast<const T*>(p.dy);
   const T* s_all = static_cast<const T*>(p.s);
@@ -294,14 +311,18 @@ __global__ void sum_dweight_partials(BwdProblem p) {
 
 template <typename T, typename W, int VEC>
 cudaError_t launch_bwd(const BwdProblem& p, const BwdLaunch& l, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(p.weight_rows * p.ctas_per_weight_row));
+  const int64_t units = p.weight_rows * p.ctas_per_weight_row;
   if (l.kernel == FwdKernel::kStreaming) {
-    return launch(rms_norm_bwd_streaming<T, W, VEC>, grid, dim3(l.block), 0, 1, stream, p);
+    return launch(rms_norm_bwd_streaming<T, W, VEC>, dim3(static_cast<unsigned>(units)), dim3(l.block), 0,
+                  1, stream, p);
   }
-  const size_t smem = bwd_weight_bytes(p.hidden, p.weight != nullptr) + l.stages * bwd_stage_bytes(l, sizeof(T));
+  const size_t smem =
+      4 * bwd_weight_floats(p.hidden, p.weight != nullptr, l.cluster, l.chunks, l.block, l.vec) +
+      l.stages * bwd_stage_bytes(l, sizeof(T));
   return dispatch_chunks<kMaxBwdChunks>(l.chunks, [&](auto chunks) {
-    return launch(rms_norm_bwd_registers<T, W, VEC, decltype(chunks)::value>, grid, dim3(l.block),
-                  smem, 1, stream, p, l.threads_per_row, l.stages);
+    return launch(rms_norm_bwd_registers<T, W, VEC, decltype(chunks)::value>,
+                  dim3(static_cast<unsigned>(units * l.cluster)), dim3(l.block), smem, l.cluster, stream, p,
+                  l.threads_per_row, l.cluster, l.stages);
   });
 }
 
@@ -318,9 +339,10 @@ std::string rms_norm_bwd_cuda(const BwdProblem& p, cudaStream_t stream, const Bw
       (p.dweight_partials == nullptr || aligned_to(p.dweight_partials, 16)) &&
       (p.weight == nullptr ||
        aligned_to(p.weight, weight_alignment(vec, dtype_bytes(p.weight_dtype))));
-  const BwdLaunch l = chosen != nullptr ? *chosen : choose_bwd_launch(p.hidden, elem_bytes, vector_ok);
+  const BwdLaunch l =
+      chosen != nullptr ? *chosen : choose_bwd_launch(p.hidden, elem_bytes, vector_ok, max_cluster_size());
   if (l.vec != 1 && !vector_ok) return "vector launch for unaligned buffers";
-  if (p.weight_rows * p.ctas_per_weight_row > 0x7fffffff) return "too many CTAs for one launch";
+  if (p.weight_rows * p.ctas_per_weight_row * l.cluster > 0x7fffffff) return "too many CTAs for one launch";
   if (p.weight_rows > 65535) return "too many weight rows (vmap size) for one launch";
 
   const cudaError_t err = dispatch_dtypes<CudaTypes>(p.x_dtype, p.weight_dtype, [&](auto x_tag, auto w_tag) {

@@ -5,7 +5,6 @@
 //    shared by threads_per_row threads of a CTA, or by a cluster of CTAs for long rows.
 //  - rms_norm_fwd_streaming: rows longer than a cluster can hold; two passes, the
 //    second served mostly from L2.
-#include <atomic>
 #include <cstdint>
 #include <string>
 
@@ -177,23 +176,6 @@ cudaError_t launch_vec(const FwdProblem& p, const FwdLaunch& l, cudaStream_t str
                   dim3(l.block), 0, 1, stream, p);
   }
   return launch_registers<T, W, VEC>(p, l, stream);
-}
-
-// Thread-block clusters need sm_90; cached per device (the query is cheap, but the
-// handler runs on every call).
-int max_cluster_size() {
-  static std::atomic<int> cached[64];
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return 1;
-  if (device < 0 || device >= 64) return 1;
-  int value = cached[device].load(std::memory_order_relaxed);
-  if (value == 0) {
-    int major = 0;
-    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-    value = major >= 9 ? 8 : 1;
-    cached[device].store(value, std::memory_order_relaxed);
-  }
-  return value;
 }
 
 }  // namespace
