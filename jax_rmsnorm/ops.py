@@ -1,6 +1,7 @@
-"""The public operations: argument checks, then the primitive."""
+"""The public operations: argument checks, then the primitive (or, with the kill switch
+off, the jnp reference)."""
 
-from jax_rmsnorm import _checks
+from jax_rmsnorm import _checks, _switch, reference
 from jax_rmsnorm.primitives import rms_norm_fwd
 
 
@@ -19,6 +20,8 @@ def rms_norm(x, weight=None, *, eps=1e-6):
   Returns:
     ``y``, shaped and typed like ``x``.
   """
+  if not _switch.kernels_enabled():
+    return reference.rms_norm(x, weight, eps=eps)
   x = _checks.check_x(x)
   weight = _checks.check_weight(weight, x)
   eps = _checks.check_eps(eps)
@@ -39,6 +42,8 @@ def rms_norm_residual(x, residual, weight=None, *, eps=1e-6):
   Returns:
     ``(y, new_residual)``, both shaped and typed like ``x``.
   """
+  if not _switch.kernels_enabled():
+    return reference.rms_norm_residual(x, residual, weight, eps=eps)
   x = _checks.check_x(x)
   residual = _checks.check_residual(residual, x)
   weight = _checks.check_weight(weight, x)
