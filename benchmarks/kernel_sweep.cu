@@ -9,7 +9,8 @@
 // A case is op:ROWSxHIDDEN[:dtype][:key=value,...]; op is fwd, res (fused residual) or
 // bwd; dtype bf16 (default), f16 or f32 (the weight is float32). Keys override the
 // chooser's launch: fwd/res tpr, chunks, block, cluster, streaming=1; bwd tpr, chunks,
-// block, cluster, stages, ctas, streaming=1. `copy` measures device-to-device copy bandwidth.
+// block, cluster, stages, ctas, streaming=1; both offset=K (row buffers start K elements
+// past an aligned address). `copy` measures device-to-device copy bandwidth.
 // Times are per call: CUDA-event medians over batches of 20 back-to-back launches (the
 // gaps between kernels included; decode-sized kernels are host-bound unless --graph
 // replays the batch as a CUDA graph) that rotate through input sets of 256 MB or more in all (beyond
@@ -122,11 +123,33 @@ std::vector<unsigned char> host_rows(int64_t n, DType t, std::mt19937& rng) {
   return bytes;
 }
 
-void* device_copy(const std::vector<unsigned char>& host) {
+// Every device buffer of a case, freed together; row buffers start `row_offset` bytes
+// past a 256-byte boundary (the `offset=` key: unaligned pointers, the scalar path).
+std::vector<void*> allocations;
+int64_t row_offset = 0;
+
+void* device_alloc(int64_t bytes, int64_t offset) {
   void* d = nullptr;
-  CHECK(cudaMalloc(&d, host.size()));
+  CHECK(cudaMalloc(&d, bytes + offset));
+  allocations.push_back(d);
+  return static_cast<char*>(d) + offset;
+}
+
+void* device_rows(int64_t bytes) {
+  void* d = device_alloc(bytes, row_offset);
+  CHECK(cudaMemset(d, 0xff, bytes));  // NaN: unwritten elements show
+  return d;
+}
+
+void* device_copy(const std::vector<unsigned char>& host, int64_t offset = 0) {
+  void* d = device_alloc(host.size(), offset);
   CHECK(cudaMemcpy(d, host.data(), host.size(), cudaMemcpyHostToDevice));
   return d;
+}
+
+void free_allocations() {
+  for (void* d : allocations) cudaFree(d);
+  allocations.clear();
 }
 
 // Max |gpu - cpu| over n elements, the count beyond tolerance (NaN counts) and max |cpu|.
@@ -251,16 +274,12 @@ void run_forward(const std::string& spec, const Case& c, int reps) {
   void* weight = device_copy(w_bytes);
   for (int s = 0; s < sets; ++s) {
     FwdProblem& p = problems[s];
-    p.x = device_copy(x_host);
-    if (residual) p.residual = device_copy(r_host);
+    p.x = device_copy(x_host, row_offset);
+    if (residual) p.residual = device_copy(r_host, row_offset);
     p.weight = weight;
-    CHECK(cudaMalloc(&p.y, n * eb));
-    CHECK(cudaMemset(p.y, 0xff, n * eb));  // NaN: unwritten elements show
-    if (residual) {
-      CHECK(cudaMalloc(&p.residual_out, n * eb));
-      CHECK(cudaMemset(p.residual_out, 0xff, n * eb));
-    }
-    CHECK(cudaMalloc(&p.rstd, c.rows * 4));
+    p.y = device_rows(n * eb);
+    if (residual) p.residual_out = device_rows(n * eb);
+    p.rstd = static_cast<float*>(device_alloc(c.rows * 4, 0));
     p.rows = c.rows;
     p.hidden = c.hidden;
     p.rows_per_weight = c.rows;
@@ -268,7 +287,7 @@ void run_forward(const std::string& spec, const Case& c, int reps) {
     p.x_dtype = c.dtype;
     p.weight_dtype = DType::kF32;
   }
-  FwdLaunch l = choose_fwd_launch(c.rows, c.hidden, eb, c.hidden % (16 / eb) == 0, 8);
+  FwdLaunch l = choose_fwd_launch(c.rows, c.hidden, eb, c.hidden % (16 / eb) == 0 && row_offset % 16 == 0, 8);
   if (c.get("streaming", 0)) {
     l.kernel = FwdKernel::kStreaming;
     l.block = l.threads_per_row = kMaxBlock;
@@ -290,6 +309,7 @@ void run_forward(const std::string& spec, const Case& c, int reps) {
   std::string err = rms_norm_fwd_cuda(problems[0], 0, &l);
   if (!err.empty()) {
     report(spec, fwd_config(l), 0, 0, "launch failed: " + err);
+    free_allocations();
     return;
   }
   CHECK(cudaDeviceSynchronize());
@@ -315,14 +335,7 @@ void run_forward(const std::string& spec, const Case& c, int reps) {
 
   const double us = time_us(sets, reps, [&](int s, cudaStream_t st) { rms_norm_fwd_cuda(problems[s], st, &l); });
   report(spec, fwd_config(l), us, double(n) * eb * (residual ? 4 : 2), check);
-  for (auto& p : problems) {
-    cudaFree(const_cast<void*>(p.x));
-    cudaFree(const_cast<void*>(p.residual));
-    cudaFree(p.y);
-    cudaFree(p.residual_out);
-    cudaFree(p.rstd);
-  }
-  cudaFree(weight);
+  free_allocations();
 }
 
 void run_backward(const std::string& spec, const Case& c, int reps) {
@@ -353,7 +366,7 @@ void run_backward(const std::string& spec, const Case& c, int reps) {
   std::vector<unsigned char> rstd_bytes(c.rows * 4);
   std::memcpy(rstd_bytes.data(), rstd_host.data(), rstd_bytes.size());
 
-  BwdLaunch l = choose_bwd_launch(c.hidden, eb, c.hidden % (16 / eb) == 0);
+  BwdLaunch l = choose_bwd_launch(c.hidden, eb, c.hidden % (16 / eb) == 0 && row_offset % 16 == 0);
   if (c.get("streaming", 0)) {
     l.kernel = FwdKernel::kStreaming;
     l.block = l.threads_per_row = kMaxBlock;
@@ -370,15 +383,14 @@ void run_backward(const std::string& spec, const Case& c, int reps) {
   void* weight = device_copy(w_bytes);
   for (int s = 0; s < sets; ++s) {
     BwdProblem& p = problems[s];
-    p.dy = device_copy(dy_host);
-    p.s = device_copy(x_host);
+    p.dy = device_copy(dy_host, row_offset);
+    p.s = device_copy(x_host, row_offset);
     p.rstd = static_cast<const float*>(device_copy(rstd_bytes));
     p.weight = weight;
-    CHECK(cudaMalloc(&p.dx, n * eb));
-    CHECK(cudaMemset(p.dx, 0xff, n * eb));
-    CHECK(cudaMalloc(&p.dweight, c.hidden * 4));
+    p.dx = device_rows(n * eb);
+    p.dweight = device_alloc(c.hidden * 4, 0);
     CHECK(cudaMemset(p.dweight, 0xff, c.hidden * 4));
-    CHECK(cudaMalloc(&p.dweight_partials, ctas * c.hidden * 4));
+    p.dweight_partials = static_cast<float*>(device_alloc(ctas * c.hidden * 4, 0));
     p.rows = c.rows;
     p.hidden = c.hidden;
     p.rows_per_weight = c.rows;
@@ -394,6 +406,7 @@ void run_backward(const std::string& spec, const Case& c, int reps) {
   std::string err = rms_norm_bwd_cuda(problems[0], 0, &l);
   if (!err.empty()) {
     report(spec, config, 0, 0, "launch failed: " + err);
+    free_allocations();
     return;
   }
   CHECK(cudaDeviceSynchronize());
@@ -420,15 +433,7 @@ void run_backward(const std::string& spec, const Case& c, int reps) {
                 dx.max_diff, long(dx.bad), dw.max_diff, dw.max_ref, dx.bad || dw_bad ? "  <-- MISMATCH" : "");
   const double us = time_us(sets, reps, [&](int s, cudaStream_t st) { rms_norm_bwd_cuda(problems[s], st, &l); });
   report(spec, config, us, double(n) * eb * 3, check);
-  for (auto& p : problems) {
-    cudaFree(const_cast<void*>(p.dy));
-    cudaFree(const_cast<void*>(p.s));
-    cudaFree(const_cast<float*>(p.rstd));
-    cudaFree(p.dx);
-    cudaFree(p.dweight);
-    cudaFree(p.dweight_partials);
-  }
-  cudaFree(weight);
+  free_allocations();
 }
 
 }  // namespace
@@ -445,6 +450,7 @@ int main(int argc, char** argv) {
       measure_copy();
     } else {
       const Case c = parse(spec);
+      row_offset = c.get("offset", 0) * dtype_bytes(c.dtype);
       if (c.op == "fwd" || c.op == "res") {
         run_forward(spec, c, reps);
       } else if (c.op == "bwd") {

@@ -160,3 +160,47 @@ def test_property_forward_and_backward_match_float64(problem):
   assert_close(grads[0], ds_ref, x_dtype, "dx", seed, atol=grad_atol(ds_ref, x_dtype, ds_scale))
   if w is not None:
     assert_close(grads[-1], dw_ref, w_dtype, "dweight", seed, atol=grad_atol(dw_ref, w_dtype, dw_scale))
+
+
+@pytest.mark.parametrize("hidden", [64, 4096, 65536])
+def test_inputs_sliced_at_odd_offsets(device, rng, hidden):
+  """x, residual and weight cut out of larger buffers at one-element offsets inside the
+  jitted function: whatever buffers XLA hands the custom call (a copy, or a view that is
+  not 16-byte aligned, which takes the scalar path), results match float64."""
+  rows = 33
+  big = random_array(rng, (rows * hidden + 3,), jnp.bfloat16)
+  big_r = random_array(rng, (rows * hidden + 5,), jnp.bfloat16)
+  big_w = random_array(rng, (hidden + 1,), jnp.float32)
+  ct = random_array(rng, (rows, hidden), jnp.bfloat16)
+
+  def cut(big, big_r, big_w):
+    x = jax.lax.slice(big, (1,), (1 + rows * hidden,)).reshape(rows, hidden)
+    r = jax.lax.slice(big_r, (3,), (3 + rows * hidden,)).reshape(rows, hidden)
+    return x, r, big_w[1:]
+
+  def forward(big, big_r, big_w):
+    x, r, w = cut(big, big_r, big_w)
+    return jax_rmsnorm.rms_norm(x, w), jax_rmsnorm.rms_norm_residual(x, r, w)
+
+  def loss(big, big_r, big_w, ct):
+    x, r, w = cut(big, big_r, big_w)
+    y, _ = jax_rmsnorm.rms_norm_residual(x, r, w)
+    return jnp.sum(y.astype(jnp.float32) * ct.astype(jnp.float32))
+
+  args = on_device(device, big, big_r, big_w)
+  (y_plain, (y_res, new_res)) = jax.jit(forward)(*args)
+  x, r, w = (np.asarray(a) for a in cut(big, big_r, big_w))
+  assert_close(y_plain, reference64(x, None, w)[0], jnp.bfloat16)
+  y_ref, new_ref = reference64(x, r, w)
+  assert_close(y_res, y_ref, jnp.bfloat16)
+  assert_close(new_res, new_ref, jnp.bfloat16, "new_residual")
+
+  d_big, d_big_r, d_big_w = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(*args, jax.device_put(ct, device))
+  (ds_ref, dw_ref), (ds_scale, dw_scale) = reference_grads64(x, r, w, ct)
+  d_big, d_big_r, d_big_w = (np.asarray(a) for a in (d_big, d_big_r, d_big_w))
+  atol = grad_atol(ds_ref, jnp.bfloat16, ds_scale)
+  assert_close(d_big[1:1 + rows * hidden].reshape(rows, hidden), ds_ref, jnp.bfloat16, "dx", atol=atol)
+  assert_close(d_big_r[3:3 + rows * hidden].reshape(rows, hidden), ds_ref, jnp.bfloat16, "dresidual", atol=atol)
+  assert not d_big[0] and not d_big[1 + rows * hidden:].any()  # the cut-off elements get no gradient
+  assert_close(d_big_w[1:], dw_ref, jnp.float32, "dweight", atol=grad_atol(dw_ref, jnp.float32, dw_scale))
+  assert d_big_w[0] == 0
