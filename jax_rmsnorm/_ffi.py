@@ -34,3 +34,7 @@ for _name, _capsule in _CPU_TARGETS.items():
   jax.ffi.register_ffi_target(_name, _capsule, platform="cpu")
 for _name, _capsule in _CUDA_TARGETS.items():
   jax.ffi.register_ffi_target(_name, _capsule, platform="CUDA")
+
+# XLA partitions the forward call per shard of rows (see _sharding); the process that
+# deserializes a jax.export artifact gets this by importing jax_rmsnorm, as it must anyway.
+jax.ffi.register_ffi_target_as_batch_partitionable(FWD_TARGET)

@@ -27,7 +27,7 @@ from jax.core import ShapedArray
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from jax_rmsnorm import _ffi
+from jax_rmsnorm import _ffi, _sharding
 
 rms_norm_fwd_p = Primitive("jax_rmsnorm_fwd")
 rms_norm_fwd_p.multiple_results = True
@@ -116,22 +116,26 @@ def _def_impl(primitive):
 
 
 def _ffi_lowering(target, platform, attributes):
-  """Lowering to FFI `target`; `attributes(avals_in, params)` gives its attributes."""
-  lower = jax.ffi.ffi_lowering(target)
+  """Lowering to FFI `target`; `attributes(avals_in, params)` gives its attributes.
+  `_extra_attributes` go on the custom call op itself (see _sharding)."""
 
-  def lowering(ctx, *operands, **params):
+  def lowering(ctx, *operands, _extra_attributes=None, **params):
     if platform == "cuda" and not _ffi.HAS_CUDA:
       raise NotImplementedError(
           "jax_rmsnorm was built without its CUDA handlers; reinstall it on a machine "
           "with nvcc (or with JAX_RMSNORM_CUDA=ON) to run on the GPU")
+    lower = jax.ffi.ffi_lowering(target, extra_attributes=_extra_attributes)
     return lower(ctx, *operands, **attributes(ctx.avals_in, params))
 
   return lowering
 
 
-def _register_lowerings(primitive, target, attributes):
+def _register_lowerings(primitive, target, attributes, row_partitionable=False):
   for platform in ("cpu", "cuda"):
-    mlir.register_lowering(primitive, _ffi_lowering(target, platform, attributes), platform=platform)
+    lowering = _ffi_lowering(target, platform, attributes)
+    if row_partitionable:
+      lowering = _sharding.rows_partitionable(lowering)
+    mlir.register_lowering(primitive, lowering, platform=platform)
 
 
 # ---------------------------------------------------------------------------- forward
@@ -293,7 +297,7 @@ def _bwd_batch(operands, dims, *, has_weight, has_residual_grad, want_dweight):
 
 _def_impl(rms_norm_fwd_p)
 rms_norm_fwd_p.def_abstract_eval(_fwd_abstract_eval)
-_register_lowerings(rms_norm_fwd_p, _ffi.FWD_TARGET, _fwd_attributes)
+_register_lowerings(rms_norm_fwd_p, _ffi.FWD_TARGET, _fwd_attributes, row_partitionable=True)
 batching.primitive_batchers[rms_norm_fwd_p] = _fwd_batch
 ad.primitive_jvps[rms_norm_fwd_p] = _fwd_jvp
 
