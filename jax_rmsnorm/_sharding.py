@@ -23,15 +23,16 @@ from jax.interpreters import mlir
 
 
 def rows_partitionable(lowering):
-  """Wraps an FFI `lowering` whose operand 0 is x [*lead, hidden], whose row operands and
-  results are x-shaped or per-row [*lead], and whose other operands are the weight."""
+  """Wraps an FFI `lowering` whose operands are x-shaped (x first) or the weight [hidden],
+  and whose results are x-shaped or per-row [*lead]. Any other operand (a batched weight)
+  leaves the call unpartitioned."""
 
   def partitioned(ctx, *operands, **params):
     x = ctx.avals_in[0]
     lead = len(x.shape) - 1
     axis_context = ctx.module_context.axis_context
     single_device = isinstance(axis_context, ShardingContext) and axis_context.num_devices == 1
-    if single_device or lead == 0 or any(0 < a.ndim and a.shape != x.shape and a.ndim != 1 for a in ctx.avals_in[1:]):
+    if single_device or lead == 0 or any(a.shape not in (x.shape, x.shape[-1:]) for a in ctx.avals_in[1:]):
       return lowering(ctx, *operands, **params)
     rows = [a.shape == x.shape for a in ctx.avals_in]
 
