@@ -22,6 +22,8 @@ class RMSNorm(nn.RMSNorm):
   Extra fields (defaults keep flax's behaviour):
     scale_offset: multiply by ``scale_offset + scale`` (Gemma: 1.0, with
       ``scale_init=zeros``), added in float32.
+    round_normalized: the HF/Llama order: round the normalized x to x's dtype, then
+      multiply by the scale.
 
   ``__call__(x, *, mask=None, residual=None)``: with ``residual``, returns
   ``(y, new_residual)`` for ``new_residual = x + residual`` (rounded to residual's
@@ -30,6 +32,7 @@ class RMSNorm(nn.RMSNorm):
   """
 
   scale_offset: float = 0.0
+  round_normalized: bool = False
 
   @nn.compact
   def __call__(self, x, *, mask=None, residual=None):
@@ -41,16 +44,19 @@ class RMSNorm(nn.RMSNorm):
         feature_axes=self.feature_axes, axis_name=self.axis_name, mask=mask,
         force_float32_reductions=getattr(self, "force_float32_reductions", True),
         added=() if residual is None else (x, residual))
-    if use_kernels or self.scale_offset:
+    if use_kernels or self.scale_offset or self.round_normalized:
       scale = (self.param("scale", self.scale_init, (x_in.shape[-1],), self.param_dtype)
                if self.use_scale else None)
       scale = _modules.offset_scale(scale, self.scale_offset)
       if use_kernels:
-        return _modules.normalize(x, scale, self.epsilon, residual)
+        return _modules.normalize(x, scale, self.epsilon, residual, self._out_dtype(x_in),
+                                  self.round_normalized)
       if not (_modules.last_axis_only(self.reduction_axes, x_in.ndim) and mask is None
               and self.axis_name is None):
-        raise NotImplementedError("scale_offset supports statistics over the last axis only")
-      y = _modules.normalize_reference(x_in, scale, self.epsilon, self._out_dtype(x_in))
+        raise NotImplementedError(
+            "scale_offset and round_normalized support statistics over the last axis only")
+      y = _modules.normalize_reference(x_in, scale, self.epsilon, self._out_dtype(x_in),
+                                       self.round_normalized)
     else:
       y = super().__call__(x_in, mask=mask)
     return y if residual is None else (y, new_residual)

@@ -1,0 +1,101 @@
+"""The forward's options: y in float32 from bf16/f16 x (`out_dtype`), and the HF/Llama
+order (`round_normalized`: the normalized x rounded to x's dtype before the weight),
+against a float64 reference, with gradients, bad values, and the FFI target each uses."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jax_rmsnorm
+from conftest import TOLERANCE, assert_close, on_device, random_array
+
+SHAPES = [(3, 257), (2, 4, 4096), (1, 65536)]
+
+
+def reference64(x, residual, weight, out_dtype, round_normalized, eps=1e-6):
+  s = np.asarray(x).astype(np.float64)
+  if residual is not None:
+    s = (s + np.asarray(residual).astype(np.float64)).astype(np.asarray(x).dtype).astype(np.float64)
+  n = s / np.sqrt(np.mean(s * s, axis=-1, keepdims=True) + eps)
+  if round_normalized:
+    n = n.astype(np.asarray(x).dtype).astype(np.float64)
+  return n if weight is None else n * np.asarray(weight).astype(np.float64)
+
+
+@pytest.mark.parametrize("round_normalized", [False, True], ids=["one-rounding", "hf-order"])
+@pytest.mark.parametrize("out_dtype", [None, jnp.float32], ids=["y-like-x", "y-f32"])
+@pytest.mark.parametrize("x_dtype", [jnp.bfloat16, jnp.float16, jnp.float32], ids=["bf16", "f16", "f32"])
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_forward_options(device, rng, shape, residual, x_dtype, out_dtype, round_normalized):
+  x = random_array(rng, shape, x_dtype, scale=3.0)
+  r = random_array(rng, shape, x_dtype) if residual else None
+  w = random_array(rng, shape[-1:], jnp.float32)
+  xd, rd, wd = on_device(device, x, r, w)
+  kwargs = dict(out_dtype=out_dtype, round_normalized=round_normalized)
+  if residual:
+    y, new_r = jax.jit(lambda x, r, w: jax_rmsnorm.rms_norm_residual(x, r, w, **kwargs))(xd, rd, wd)
+    assert new_r.dtype == x_dtype
+  else:
+    y = jax.jit(lambda x, w: jax_rmsnorm.rms_norm(x, w, **kwargs))(xd, wd)
+  want_dtype = jnp.dtype(out_dtype or x_dtype)
+  assert y.dtype == want_dtype
+  want = reference64(x, r, w, out_dtype, round_normalized)
+  if round_normalized and want_dtype != jnp.dtype(x_dtype):
+    # n is rounded to x's dtype on the way: computed in float32 here and in float64 there,
+    # it may land one ulp of x's dtype apart; y cannot be closer than that.
+    rtol, atol = TOLERANCE[np.dtype(x_dtype)]
+    np.testing.assert_allclose(np.asarray(y, np.float64), want, rtol=2 * rtol, atol=atol,
+                               err_msg=f"seed {rng.seed}")
+  else:
+    assert_close(y, want, want_dtype, seed=rng.seed)
+
+
+@pytest.mark.parametrize("round_normalized", [False, True], ids=["one-rounding", "hf-order"])
+@pytest.mark.parametrize("out_dtype", [None, jnp.float32], ids=["y-like-x", "y-f32"])
+@pytest.mark.parametrize("x_dtype", [jnp.bfloat16, jnp.float32], ids=["bf16", "f32"])
+def test_gradients_with_options(device, rng, x_dtype, out_dtype, round_normalized):
+  """Gradients against jax.grad of the jnp reference with the same options (the HF order's
+  rounding passes gradients straight through in both)."""
+  x, r = random_array(rng, (6, 1024), x_dtype), random_array(rng, (6, 1024), x_dtype)
+  w, ct = random_array(rng, (1024,), jnp.float32), random_array(rng, (6, 1024), jnp.float32)
+  xd, rd, wd, ctd = on_device(device, x, r, w, ct)
+  kwargs = dict(out_dtype=out_dtype, round_normalized=round_normalized)
+
+  def loss(op):
+    return lambda x, r, w: jnp.sum(op(x, r, w, **kwargs)[0].astype(jnp.float32) * ctd)
+
+  got = jax.jit(jax.grad(loss(jax_rmsnorm.rms_norm_residual), argnums=(0, 1, 2)))(xd, rd, wd)
+  want = jax.jit(jax.grad(loss(jax_rmsnorm.reference.rms_norm_residual), argnums=(0, 1, 2)))(xd, rd, wd)
+  # bf16: the two round dy and n at different points (one bf16 ulp of the largest term).
+  tol = 2.0 ** -6 if x_dtype == jnp.bfloat16 else 1e-5
+  for g, v in zip(got, want):
+    g32, v32 = np.asarray(g, np.float32), np.asarray(v, np.float32)
+    assert g.dtype == v.dtype and np.all(np.isfinite(g32))
+    np.testing.assert_allclose(g32, v32, rtol=tol, atol=tol * float(np.max(np.abs(v32))))
+
+
+def test_targets():
+  """v1 lowers as before; only calls with an option use v2."""
+  x, w = jnp.ones((2, 8), jnp.bfloat16), jnp.ones((8,), jnp.float32)
+  text = lambda **kw: jax.jit(lambda x, w: jax_rmsnorm.rms_norm(x, w, **kw)).lower(x, w).as_text()
+  assert "jax_rmsnorm_fwd_v1" in text() and "jax_rmsnorm_fwd_v2" not in text()
+  assert "jax_rmsnorm_fwd_v2" in text(out_dtype=jnp.float32)
+  assert "jax_rmsnorm_fwd_v2" in text(round_normalized=True)
+  assert "jax_rmsnorm_fwd_v1" in text(out_dtype=jnp.bfloat16)  # y in x's dtype anyway
+
+
+@pytest.mark.parametrize("kwargs,error", [
+    (dict(out_dtype=jnp.float16), ValueError),
+    (dict(out_dtype=jnp.int32), ValueError),
+    (dict(out_dtype="no such dtype"), TypeError),
+    (dict(round_normalized=1), TypeError),
+    (dict(round_normalized=None), TypeError),
+])
+@pytest.mark.parametrize("op", ["kernel", "reference"])
+def test_bad_option_values(op, kwargs, error):
+  fn = jax_rmsnorm.rms_norm if op == "kernel" else jax_rmsnorm.reference.rms_norm
+  name = next(iter(kwargs))
+  with pytest.raises(error, match=name):
+    fn(jnp.ones((2, 8), jnp.bfloat16), **kwargs)
