@@ -4,11 +4,13 @@
 # Switches (environment): SKIP_TESTS=1, TESTS="tests/test_x.py ..." (default: all),
 #   SKIP_BENCH=1, BENCH_ARGS="...",
 #   SANITIZE="<pytest -k expression>" (memcheck over those tests),
-#   SANITIZE_JAX=1 (memcheck, racecheck, initcheck, synccheck over benchmarks/sanitize_jax.py;
-#     SANITIZE_LARGEST=1 adds its > 2^31-element case under memcheck),
+#   SANITIZE_JAX=1 (memcheck, racecheck, initcheck, synccheck over benchmarks/sanitize_jax.py's
+#     sweep), SANITIZE_LARGEST=1 (the same tools over its > 2^31-element case alone),
+#     SANITIZE_TOOLS="memcheck ..." (fewer tools), SANITIZE_TIMEOUT=seconds per tool run,
 #   NCU_CASES="forward:16384x4096 backward:262144x128" (ncu counters for those cases),
 #   SWEEP=benchmarks/sweep_cases.txt (kernel_sweep over those cases: launch configs),
-#   TRAIN_STEP=1 (benchmarks/train_step.py: the example decoder's train step, flax vs ours).
+#   TRAIN_STEP=1 (benchmarks/train_step.py: the example decoder's train step, flax vs ours),
+#   STEP_PROFILE=1 (benchmarks/step_profile.py: that step's kernel times by group).
 # Installs wheelhouse/*.whl when one was carried over, else builds from source
 # offline. Logs and results go under $OUT (the device tool brings them back).
 set -uo pipefail
@@ -38,16 +40,27 @@ if [ -n "${SANITIZE:-}" ]; then
     pytest tests/test_forward.py tests/test_grad.py -q -p no:cacheprovider -k "gpu and ($SANITIZE)" \
     2>&1 | tee "$OUT/sanitizer.log" | grep -E "ERROR SUMMARY|passed|failed|error" | tail -5
 fi
-if [ "${SANITIZE_JAX:-0}" = 1 ]; then
+if [ "${SANITIZE_JAX:-0}" = 1 ] || [ "${SANITIZE_LARGEST:-0}" = 1 ]; then
   compute-sanitizer --version | tail -1
-  compute-sanitizer --help 2>&1 | grep -i -A3 -- "--kernel-name\b" | head -8
-  for tool in memcheck racecheck initcheck synccheck; do
-    extra=""
-    [ "$tool" = memcheck ] && [ "${SANITIZE_LARGEST:-0}" = 1 ] && extra="--largest"
-    XLA_PYTHON_CLIENT_ALLOCATOR=platform compute-sanitizer --tool $tool --error-exitcode 99 \
-      python3 benchmarks/sanitize_jax.py $extra > "$OUT/sanitize_$tool.log" 2>&1
-    echo "$tool exit $?: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitize_$tool.log" | tail -1)" \
-      "| $(grep -c '^ok ' "$OUT/sanitize_$tool.log") cases ok, $(grep -c 'ALL OK' "$OUT/sanitize_$tool.log") ALL OK"
+  runs=()
+  [ "${SANITIZE_JAX:-0}" = 1 ] && runs+=(sweep)
+  [ "${SANITIZE_LARGEST:-0}" = 1 ] && runs+=(largest)
+  for run in "${runs[@]}"; do
+    args=""; [ "$run" = largest ] && args="--only-largest"
+    for tool in ${SANITIZE_TOOLS:-memcheck racecheck initcheck synccheck}; do
+      log="$OUT/sanitize_${run}_$tool.log"
+      # At the largest size racecheck watches the row kernels only (rms_norm_*: XLA's
+      # reductions are slow under it; sum_dweight_partials' work does not grow with rows,
+      # and the sweep checks it); initcheck runs without XLA's autotuner, whose output
+      # comparator reads scratch it never wrote.
+      filter=(); [ "$tool.$run" = racecheck.largest ] && filter=(--kernel-name kns=rms_norm)
+      flags="${XLA_FLAGS:-}"; [ "$tool" = initcheck ] && flags="$flags --xla_gpu_autotune_level=0"
+      XLA_FLAGS="$flags" XLA_PYTHON_CLIENT_ALLOCATOR=platform timeout "${SANITIZE_TIMEOUT:-900}" \
+        compute-sanitizer --tool $tool --error-exitcode 99 "${filter[@]}" \
+        python3 benchmarks/sanitize_jax.py $args > "$log" 2>&1
+      echo "$run $tool exit $?: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1)" \
+        "| $(grep -c '^ok ' "$log") cases ok, $(grep -c 'ALL OK' "$log") ALL OK, ${SECONDS}s"
+    done
   done
 fi
 if [ -n "${NCU_CASES:-}" ]; then
@@ -60,6 +73,10 @@ fi
 if [ "${TRAIN_STEP:-0}" = 1 ]; then
   python3 benchmarks/train_step.py --json "$OUT/train_step.json" 2> "$OUT/train_step.err" | tee "$OUT/train_step.txt"
   tail -3 "$OUT/train_step.err"
+fi
+if [ "${STEP_PROFILE:-0}" = 1 ]; then
+  python3 benchmarks/step_profile.py 2> "$OUT/step_profile.err" | tee "$OUT/step_profile.txt"
+  tail -3 "$OUT/step_profile.err"
 fi
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   python3 benchmarks/bench.py ${BENCH_ARGS:-} --json "$OUT/bench.json" 2> "$OUT/bench.err" | tee "$OUT/bench.txt"

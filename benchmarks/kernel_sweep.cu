@@ -8,7 +8,8 @@
 //
 // A case is op:ROWSxHIDDEN[:dtype][:key=value,...]; op is fwd, res (fused residual) or
 // bwd; dtype bf16 (default), f16 or f32 (the weight is float32). Keys override the
-// chooser's launch: fwd/res tpr, chunks, block, cluster, streaming=1; bwd tpr, chunks,
+// chooser's launch: fwd/res tpr, chunks, block, cluster, streaming=1 (and the options
+// f32y=1: y in float32, hf=1: the HF order); bwd tpr, chunks,
 // block, cluster, stages, ctas, streaming=1; both offset=K (row buffers start K elements
 // past an aligned address). `copy` measures device-to-device copy bandwidth.
 // Times are per call: CUDA-event medians over batches of 20 back-to-back launches (the
@@ -261,6 +262,10 @@ void run_forward(const std::string& spec, const Case& c, int reps) {
   const bool residual = c.op == "res";
   const int eb = dtype_bytes(c.dtype);
   const int64_t n = c.rows * c.hidden;
+  // Forward options: f32y=1 writes y in float32 (x narrower), hf=1 the HF order.
+  const bool float32_y = c.get("f32y", 0) && c.dtype != DType::kF32;
+  const DType y_dtype = float32_y ? DType::kF32 : c.dtype;
+  const int yb = dtype_bytes(y_dtype);
   std::mt19937 rng(0);
   auto x_host = host_rows(n, c.dtype, rng);
   auto r_host = residual ? host_rows(n, c.dtype, rng) : std::vector<unsigned char>();
@@ -277,7 +282,7 @@ void run_forward(const std::string& spec, const Case& c, int reps) {
     p.x = device_copy(x_host, row_offset);
     if (residual) p.residual = device_copy(r_host, row_offset);
     p.weight = weight;
-    p.y = device_rows(n * eb);
+    p.y = device_rows(n * yb);
     if (residual) p.residual_out = device_rows(n * eb);
     p.rstd = static_cast<float*>(device_alloc(c.rows * 4, 0));
     p.rows = c.rows;
@@ -286,6 +291,8 @@ void run_forward(const std::string& spec, const Case& c, int reps) {
     p.eps = 1e-6f;
     p.x_dtype = c.dtype;
     p.weight_dtype = DType::kF32;
+    p.float32_y = float32_y;
+    p.round_normalized = c.get("hf", 0) != 0;
   }
   FwdLaunch l = choose_fwd_launch(c.rows, c.hidden, eb, c.hidden % (16 / eb) == 0 && row_offset % 16 == 0, 8);
   if (c.get("streaming", 0)) {
@@ -313,7 +320,7 @@ void run_forward(const std::string& spec, const Case& c, int reps) {
     return;
   }
   CHECK(cudaDeviceSynchronize());
-  std::vector<unsigned char> y_gpu(n * eb), y_cpu(n * eb), ro_cpu(residual ? n * eb : 0), ro_gpu(ro_cpu.size());
+  std::vector<unsigned char> y_gpu(n * yb), y_cpu(n * yb), ro_cpu(residual ? n * eb : 0), ro_gpu(ro_cpu.size());
   std::vector<float> rstd_cpu(c.rows);
   CHECK(cudaMemcpy(y_gpu.data(), problems[0].y, y_gpu.size(), cudaMemcpyDeviceToHost));
   if (residual) CHECK(cudaMemcpy(ro_gpu.data(), problems[0].residual_out, ro_gpu.size(), cudaMemcpyDeviceToHost));
@@ -326,7 +333,7 @@ void run_forward(const std::string& spec, const Case& c, int reps) {
   cpu.rstd = rstd_cpu.data();
   rms_norm_fwd_cpu(cpu);
   const double tol = c.dtype == DType::kF32 ? 1e-5 : 1e-2;
-  Diff d = compare(y_gpu.data(), y_cpu.data(), c.dtype, n, tol);
+  Diff d = compare(y_gpu.data(), y_cpu.data(), y_dtype, n, tol);
   int64_t bad = d.bad;
   if (residual) bad += compare(ro_gpu.data(), ro_cpu.data(), c.dtype, n, 0).bad;
   char check[96];
@@ -334,7 +341,7 @@ void run_forward(const std::string& spec, const Case& c, int reps) {
                 bad ? "  <-- MISMATCH" : "");
 
   const double us = time_us(sets, reps, [&](int s, cudaStream_t st) { rms_norm_fwd_cuda(problems[s], st, &l); });
-  report(spec, fwd_config(l), us, double(n) * eb * (residual ? 4 : 2), check);
+  report(spec, fwd_config(l), us, double(n) * (eb * (residual ? 3 : 1) + yb), check);
   free_allocations();
 }
 

@@ -106,6 +106,12 @@ def run_largest(key, sample_rows=64):
   y = jax.jit(jax_rmsnorm.rms_norm)(x, w)
   show("y", host(y), y_x, jnp.bfloat16)
   del y
+  # The float32 output in the HF order: an 8.6 GB y past 2^31 elements.
+  y = jax.jit(lambda x, w: jax_rmsnorm.rms_norm(x, w, out_dtype=jnp.float32,
+                                                round_normalized=True))(x, w)
+  show("y f32 hf", np.asarray(y[rows], np.float64),
+       norm64(x64, None, eps)[0].astype(jnp.bfloat16).astype(np.float64) * w64, jnp.bfloat16)
+  del y
   y, new_r = jax.jit(jax_rmsnorm.rms_norm_residual)(x, r, w)
   show("y residual", host(y), y_s, jnp.bfloat16)
   show("new_residual", host(new_r), s64, jnp.bfloat16)
@@ -141,6 +147,28 @@ def run(shape, x_dtype, w_dtype, key):
     check(label, host(got), want, x_dtype)
   if w is not None:
     check("dweight", np.asarray(grads[2].astype(jnp.float32)), dw, w_dtype)
+  if x_dtype != jnp.float32:
+    run_options(x, r, w, w64, x_dtype)
+
+
+def run_options(x, r, w, w64, x_dtype):
+  """The forward kernels' other outputs: a float32 y from bf16/f16 x, and the HF order
+  (the normalized x rounded to x's dtype before the weight), plain and fused."""
+  f32, hf = dict(out_dtype=jnp.float32), dict(out_dtype=jnp.float32, round_normalized=True)
+  outs = jax.jit(lambda x, r, w: (
+      jax_rmsnorm.rms_norm(x, w, **f32), jax_rmsnorm.rms_norm(x, w, **hf),
+      jax_rmsnorm.rms_norm_residual(x, r, w, **f32)[0],
+      jax_rmsnorm.rms_norm_residual(x, r, w, **hf)[0]))(x, r, w)
+  scale = 1.0 if w64 is None else w64
+  for label, s, got_f32, got_hf in (("", np.asarray(x, np.float64), outs[0], outs[1]),
+                                    (" residual", (np.asarray(x, np.float64) + np.asarray(r, np.float64))
+                                     .astype(x_dtype).astype(np.float64), outs[2], outs[3])):
+    normalized = norm64(s, None)[0]
+    check("y f32" + label, np.asarray(got_f32), normalized * scale, jnp.float32)
+    # One rounding of the normalized x to x's dtype: a tie may round either way, so x's
+    # dtype's tolerance.
+    check("y hf" + label, np.asarray(got_hf), normalized.astype(x_dtype).astype(np.float64) * scale,
+          x_dtype)
 
 
 def main():
@@ -155,11 +183,12 @@ def main():
     for x_dtype, w_dtype in DTYPES:
       key, sub = jax.random.split(key)
       run(shape, x_dtype, w_dtype, sub)
-    print(f"ok {shape[0]} x {shape[1]}: forward, residual, gradients; bf16/f16/f32", flush=True)
+    print(f"ok {shape[0]} x {shape[1]}: forward, residual, gradients; bf16/f16/f32; "
+          "float32 y and HF order from bf16/f16", flush=True)
   if args.largest or args.only_largest:
     run_largest(key)
     print(f"ok {LARGEST[0]} x {LARGEST[1]} bf16 ({LARGEST[0] * LARGEST[1]:,} elements): "
-          "forward, residual, gradients (first and last 64 rows checked)", flush=True)
+          "forward (also float32 y, HF order), residual, gradients (first and last 64 rows checked)", flush=True)
   print("ALL OK")
 
 

@@ -20,6 +20,7 @@ NB_MODULE(_jax_rmsnorm, m) {
   m.def("cpu_targets", []() {
     nb::dict targets;
     targets["jax_rmsnorm_fwd_v1"] = capsule(jax_rmsnorm_fwd_cpu);
+    targets["jax_rmsnorm_fwd_v2"] = capsule(jax_rmsnorm_fwd_v2_cpu);
     targets["jax_rmsnorm_bwd_v1"] = capsule(jax_rmsnorm_bwd_cpu);
     return targets;
   });
@@ -31,6 +32,7 @@ NB_MODULE(_jax_rmsnorm, m) {
     nb::dict targets;
 #ifdef JAX_RMSNORM_WITH_CUDA
     targets["jax_rmsnorm_fwd_v1"] = capsule(jax_rmsnorm_fwd_cuda);
+    targets["jax_rmsnorm_fwd_v2"] = capsule(jax_rmsnorm_fwd_v2_cuda);
     targets["jax_rmsnorm_bwd_v1"] = capsule(jax_rmsnorm_bwd_cuda);
 #endif
     return targets;

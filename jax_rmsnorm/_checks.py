@@ -63,3 +63,25 @@ def check_eps(eps):
   if eps > float(np.finfo(np.float32).max):
     raise ValueError(f"eps must fit in float32 (the kernels add it in float32), got {eps}")
   return eps
+
+
+def check_out_dtype(out_dtype, x):
+  """y's dtype: None (x's), x's own, or float32 (a wider y from bf16/f16 x). Returns
+  None when y is in x's dtype."""
+  if out_dtype is None:
+    return None
+  try:
+    dtype = jnp.dtype(out_dtype)
+  except TypeError as e:
+    raise TypeError(f"out_dtype must be a dtype, got {out_dtype!r}") from e
+  if dtype == x.dtype:
+    return None
+  if dtype != jnp.dtype(jnp.float32):
+    raise ValueError(f"out_dtype must be None, x's dtype ({x.dtype}) or float32, got {dtype}")
+  return dtype
+
+
+def check_round_normalized(round_normalized):
+  if not isinstance(round_normalized, (bool, np.bool_)):
+    raise TypeError(f"round_normalized must be a bool, got {type(round_normalized).__name__}")
+  return bool(round_normalized)

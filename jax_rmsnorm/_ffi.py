@@ -20,6 +20,8 @@ except ImportError as e:
       "from another directory, or install with `pip install .`.") from e
 
 FWD_TARGET = "jax_rmsnorm_fwd_v1"
+#: The forward with v2's options (a float32 y, the HF order: attribute round_normalized).
+FWD_TARGET_V2 = "jax_rmsnorm_fwd_v2"
 BWD_TARGET = "jax_rmsnorm_bwd_v1"
 
 #: How many CTAs (float32 dweight partial rows) the backward uses per weight row;
@@ -30,7 +32,7 @@ _CPU_TARGETS = _jax_rmsnorm.cpu_targets()
 _CUDA_TARGETS = _jax_rmsnorm.cuda_targets()
 
 #: True when the extension was built with the CUDA handlers.
-HAS_CUDA = FWD_TARGET in _CUDA_TARGETS and BWD_TARGET in _CUDA_TARGETS
+HAS_CUDA = all(t in _CUDA_TARGETS for t in (FWD_TARGET, FWD_TARGET_V2, BWD_TARGET))
 
 
 
@@ -40,7 +42,8 @@ def manual_target(target):
 
 
 #: Every FFI target name our lowerings emit (what `jax.export` callers allow).
-TARGETS = (FWD_TARGET, BWD_TARGET, manual_target(FWD_TARGET), manual_target(BWD_TARGET))
+TARGETS = tuple(name for target in (FWD_TARGET, FWD_TARGET_V2, BWD_TARGET)
+                for name in (target, manual_target(target)))
 
 for _platform, _targets in (("cpu", _CPU_TARGETS), ("CUDA", _CUDA_TARGETS)):
   for _name, _capsule in _targets.items():
@@ -50,4 +53,4 @@ for _platform, _targets in (("cpu", _CPU_TARGETS), ("CUDA", _CUDA_TARGETS)):
 # XLA asks our partitioners how to split each call across devices (see _partition); the
 # process that deserializes a jax.export artifact gets them by importing jax_rmsnorm, as
 # it must anyway for the handlers.
-_partition.register(FWD_TARGET, BWD_TARGET)
+_partition.register((FWD_TARGET, FWD_TARGET_V2), BWD_TARGET)

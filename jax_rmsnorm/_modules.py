@@ -17,14 +17,15 @@ def kernel_serves(x, out_dtype, *, reduction_axes, feature_axes, axis_name, mask
                   force_float32_reductions=True, added=()):
   """True when the kernels compute exactly what flax's RMSNorm would: statistics and
   scale over the last axis only, in float32, no cross-device statistics, no mask, and an
-  output in x's own dtype (the kernels write y in x's dtype). `x` is the normalized array;
+  output in x's own dtype or float32. `x` is the normalized array;
   with a residual, `added` are the two arrays summed into it, which the fused kernel
   wants alike (no broadcasting)."""
   dtype = getattr(x, "dtype", None)
   if any(getattr(a, "dtype", None) != dtype or getattr(a, "shape", None) != x.shape for a in added):
     return False
   return (dtype is not None and getattr(x, "ndim", 0) >= 1
-          and jnp.dtype(dtype) in KERNEL_DTYPES and jnp.dtype(out_dtype) == jnp.dtype(dtype)
+          and jnp.dtype(dtype) in KERNEL_DTYPES
+          and jnp.dtype(out_dtype) in (jnp.dtype(dtype), jnp.dtype(jnp.float32))
           and last_axis_only(reduction_axes, x.ndim) and last_axis_only(feature_axes, x.ndim)
           and axis_name is None and mask is None and force_float32_reductions)
 
@@ -42,17 +43,20 @@ def add_residual(x, residual):
   return (x + residual).astype(residual.dtype)
 
 
-def normalize(x, scale, eps, residual=None):
+def normalize(x, scale, eps, residual=None, out_dtype=None, round_normalized=False):
   """The kernels: y, or (y, new_residual) with the residual fused in."""
+  kwargs = dict(eps=eps, out_dtype=out_dtype, round_normalized=round_normalized)
   if residual is None:
-    return ops.rms_norm(x, scale, eps=eps)
-  return ops.rms_norm_residual(x, residual, scale, eps=eps)
+    return ops.rms_norm(x, scale, **kwargs)
+  return ops.rms_norm_residual(x, residual, scale, **kwargs)
 
 
-def normalize_reference(x, scale, eps, out_dtype, *, reduction_axes, mask, axis_name):
-  """The jnp reference, for an offset scale (flax has no computation to fall back on),
-  which it serves over the last axis only."""
+def normalize_reference(x, scale, eps, out_dtype, round_normalized=False, *,
+                        reduction_axes, mask, axis_name):
+  """The jnp reference, for the options flax lacks (an offset scale, the HF order: no flax
+  computation to fall back on), which it serves over the last axis only."""
   if not (last_axis_only(reduction_axes, x.ndim) and mask is None and axis_name is None):
-    raise NotImplementedError("scale_offset supports statistics over the last axis only")
-  scale = None if scale is None else scale.astype(jnp.float32)
-  return reference.rms_norm(x.astype(jnp.float32), scale, eps=eps).astype(out_dtype)
+    raise NotImplementedError(
+        "scale_offset and round_normalized support statistics over the last axis only")
+  return reference.normalize_rows(x.astype(jnp.float32), x.dtype, scale, eps, out_dtype,
+                                  round_normalized)

@@ -41,6 +41,8 @@ from jax._src.sharding_impls import ShardingContext, SPMDAxisContext
 from jax.extend.core import Primitive
 from jax.interpreters import mlir
 
+from jax_rmsnorm import reference
+
 # ---------------------------------------------------------------------------- lowering
 
 
@@ -299,22 +301,33 @@ def _fwd_partition(platform, arg_shapes, arg_shardings, result_shape, result_sha
   p = call.params
   hidden_groups = call.grid.groups([call.rank - 1])
 
+  x_dtype, y_dtype = call.args[0][1], call.results[0][1]
+  round_normalized = p.get("round_normalized", False)  # v2 calls only
+
   def local(*operands):
     if not call.split_hidden:
       return rms_norm_fwd_p.bind(*operands, eps=p["eps"], has_residual=p["has_residual"],
-                                 has_weight=p["has_weight"], save_rstd=p["save_rstd"])
+                                 has_weight=p["has_weight"], save_rstd=p["save_rstd"],
+                                 out_dtype=None if y_dtype == x_dtype else y_dtype,
+                                 round_normalized=round_normalized)
     ops = list(operands)
     x = ops.pop(0)
     residual = ops.pop(0) if p["has_residual"] else None
     weight = ops.pop(0) if p["has_weight"] else None
-    s = x if residual is None else (x + residual).astype(residual.dtype)
-    sf = s.astype(jnp.float32)
+    # The sum rounded to x's dtype as the kernels round it (rounded(): XLA may drop a cast
+    # round trip).
+    sf = x.astype(jnp.float32)
+    if residual is not None:
+      sf = reference.rounded(sf + residual.astype(jnp.float32), x.dtype)
+    s = sf.astype(x.dtype)
     squares = _group_sum(jnp.sum(sf * sf, axis=-1), hidden_groups)
     rstd = lax.rsqrt(squares / call.hidden + jnp.float32(p["eps"]))
     y = sf * rstd[..., None]
+    if round_normalized:
+      y = reference.rounded(y, x.dtype)
     if weight is not None:
       y = y * _expand_weight(weight, s).astype(jnp.float32)
-    return [y.astype(x.dtype)] + ([s] if residual is not None else []) + (
+    return [y.astype(y_dtype)] + ([s] if residual is not None else []) + (
         [rstd] if p["save_rstd"] else [])
 
   return call.module(local, platform)
@@ -397,10 +410,10 @@ def _never_raising(partition):
   return safe
 
 
-def register(fwd_target, bwd_target):
-  """Registers both partitioners with XLA's CPU client (here) and every PJRT plugin (CUDA)."""
-  for target, partition, roles, x_index in ((fwd_target, _fwd_partition, fwd_roles, 0),
-                                            (bwd_target, _bwd_partition, bwd_roles, 1)):
+def register(fwd_targets, bwd_target):
+  """Registers the partitioners with XLA's CPU client (here) and every PJRT plugin (CUDA)."""
+  calls = [(t, _fwd_partition, fwd_roles, 0) for t in fwd_targets]
+  for target, partition, roles, x_index in calls + [(bwd_target, _bwd_partition, bwd_roles, 1)]:
     kwargs = dict(prop_user_sharding=_propagate,
                   infer_sharding_from_operands=functools.partial(_infer, roles, x_index),
                   can_side_effecting_have_replicated_sharding=True)

@@ -12,16 +12,16 @@ class RMSNorm(nn.RMSNorm):
   rounding: checkpoints of either load in the other.
 
   The kernels serve the call when flax would compute in float32 over the last axis and
-  write x's dtype: ``reduction_axes`` and ``feature_axes`` the last axis, no
-  ``axis_name``, no ``mask``, ``force_float32_reductions=True``, and ``dtype`` equal to
-  x's dtype (or ``None`` with a scale whose dtype promotes with x's to x's: bf16
-  activations want ``dtype=jnp.bfloat16``, as model code usually sets). Every other
-  configuration runs flax's own computation, with flax's result (``dtype=None`` with bf16
-  x and a float32 scale gives float32, which the kernels do not write yet).
+  write x's dtype or float32: ``reduction_axes`` and ``feature_axes`` the last axis, no
+  ``axis_name``, no ``mask``, ``force_float32_reductions=True`` (flax's defaults; with
+  ``dtype=None``, bf16 x and a float32 scale give a float32 y, which the kernels write from
+  bf16 reads). Every other configuration runs flax's own computation, with flax's result.
 
   Extra fields (defaults keep flax's behaviour):
     scale_offset: multiply by ``scale_offset + scale`` (Gemma: 1.0, with
       ``scale_init=zeros``), added in float32.
+    round_normalized: the HF/Llama order: round the normalized x to x's dtype, then
+      multiply by the scale.
 
   ``__call__(x, *, mask=None, residual=None)``: with ``residual``, returns
   ``(y, new_residual)`` for ``new_residual = x + residual`` (rounded to residual's
@@ -30,6 +30,7 @@ class RMSNorm(nn.RMSNorm):
   """
 
   scale_offset: float = 0.0
+  round_normalized: bool = False
 
   @nn.compact
   def __call__(self, x, *, mask=None, residual=None):
@@ -39,13 +40,15 @@ class RMSNorm(nn.RMSNorm):
         feature_axes=self.feature_axes, axis_name=self.axis_name, mask=mask,
         force_float32_reductions=getattr(self, "force_float32_reductions", True),
         added=() if residual is None else (x, residual))
-    if use_kernels or self.scale_offset:
+    if use_kernels or self.scale_offset or self.round_normalized:
       scale = (self.param("scale", self.scale_init, (x_in.shape[-1],), self.param_dtype)
                if self.use_scale else None)
       scale = _modules.offset_scale(scale, self.scale_offset)
       if use_kernels:
-        return _modules.normalize(x, scale, self.epsilon, residual)
+        return _modules.normalize(x, scale, self.epsilon, residual, self._out_dtype(x_in),
+                                  self.round_normalized)
       y = _modules.normalize_reference(x_in, scale, self.epsilon, self._out_dtype(x_in),
+                                       self.round_normalized,
                                        reduction_axes=self.reduction_axes, mask=mask,
                                        axis_name=self.axis_name)
     else:

@@ -13,20 +13,21 @@ class RMSNorm(nnx.RMSNorm):
   are first promoted to ``dtype`` (so with ``dtype=jnp.bfloat16`` the scale is rounded
   to bf16).
 
-  The kernels serve the call when that promotion leaves x's dtype unchanged and flax
-  would reduce over the last axis: ``reduction_axes`` and ``feature_axes`` the last
+  The kernels serve the call when that promotion leaves x's dtype unchanged or makes it
+  float32, and flax would reduce over the last axis: ``reduction_axes`` and ``feature_axes`` the last
   axis, no ``axis_name``, no ``mask``, flax's default ``promote_dtype``. Otherwise flax's
-  own computation runs, with flax's result (``dtype=None`` with bf16 x and a float32
-  scale promotes x to float32 first: flax's path).
+  own computation runs, with flax's result.
 
   Extra argument: ``scale_offset`` (Gemma: 1.0 with ``scale_init=zeros``) multiplies by
-  ``scale_offset + scale``, added in float32. ``__call__(x, mask=None, *, residual=None)``:
+  ``scale_offset + scale``, added in float32; ``round_normalized`` the HF/Llama order
+  (round the normalized x to x's dtype, then scale). ``__call__(x, mask=None, *, residual=None)``:
   with ``residual``, returns ``(y, new_residual)``, fused (see the linen module).
   """
 
-  def __init__(self, num_features, *, scale_offset=0.0, **kwargs):
+  def __init__(self, num_features, *, scale_offset=0.0, round_normalized=False, **kwargs):
     super().__init__(num_features, **kwargs)
     self.scale_offset = scale_offset
+    self.round_normalized = round_normalized
 
   def __call__(self, x, mask=None, *, residual=None):
     x_in = x if residual is None else _modules.add_residual(x, residual)  # the normalized array
@@ -40,11 +41,13 @@ class RMSNorm(nnx.RMSNorm):
             feature_axes=self.feature_axes, axis_name=self.axis_name, mask=mask,
             added=() if residual is None else (x, residual)))
     if use_kernels:
+      # x promoted to float32 (flax's default for bf16 x and a float32 scale) is exact:
+      # the kernels read bf16 and write float32 instead.
       return _modules.normalize(x, _modules.offset_scale(scale, self.scale_offset), self.epsilon,
-                                residual)
-    if self.scale_offset and hasattr(x_promoted, "dtype"):
+                                residual, x_promoted.dtype, self.round_normalized)
+    if (self.scale_offset or self.round_normalized) and hasattr(x_promoted, "dtype"):
       y = _modules.normalize_reference(x_promoted, _modules.offset_scale(scale, self.scale_offset),
-                                       self.epsilon, x_promoted.dtype,
+                                       self.epsilon, x_promoted.dtype, self.round_normalized,
                                        reduction_axes=self.reduction_axes, mask=mask,
                                        axis_name=self.axis_name)
     else:

@@ -36,11 +36,15 @@ rms_norm_bwd_p = Primitive("jax_rmsnorm_bwd")
 rms_norm_bwd_p.multiple_results = True
 
 
-def rms_norm_fwd(x, residual=None, weight=None, *, eps, save_rstd=False):
-  """Binds the forward. Returns the tuple ``(y, [new_residual], [rstd])``."""
+def rms_norm_fwd(x, residual=None, weight=None, *, eps, save_rstd=False, out_dtype=None,
+                 round_normalized=False):
+  """Binds the forward. Returns the tuple ``(y, [new_residual], [rstd])``; y is in
+  ``out_dtype`` (None: x's dtype)."""
   return rms_norm_fwd_p.bind(
       *_same_varying(*_present(x, residual, weight)), eps=float(eps),
-      has_residual=residual is not None, has_weight=weight is not None, save_rstd=bool(save_rstd))
+      has_residual=residual is not None, has_weight=weight is not None, save_rstd=bool(save_rstd),
+      out_dtype=None if out_dtype is None else np.dtype(out_dtype),
+      round_normalized=bool(round_normalized))
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -137,35 +141,38 @@ def _def_impl(primitive):
 
 
 def _ffi_lowering(target, platform, attributes):
-  """Lowering to FFI `target`; `attributes(avals_in, params)` gives its attributes.
-  `_extra_attributes` go on the custom call op itself (see _partition)."""
+  """Lowering to FFI target `target(params)`; `attributes(avals_in, params)` gives its
+  attributes. `_extra_attributes` go on the custom call op itself (see _partition)."""
 
   def lowering(ctx, *operands, _extra_attributes=None, **params):
     if platform == "cuda" and not _ffi.HAS_CUDA:
       raise NotImplementedError(
           "jax_rmsnorm was built without its CUDA handlers; reinstall it on a machine "
           "with nvcc (or with JAX_RMSNORM_CUDA=ON) to run on the GPU")
-    lower = jax.ffi.ffi_lowering(target, extra_attributes=_extra_attributes)
+    lower = jax.ffi.ffi_lowering(target(params), extra_attributes=_extra_attributes)
     return lower(ctx, *operands, **attributes(ctx.avals_in, params))
 
   return lowering
 
 
 def _register_lowerings(primitive, target, attributes, roles):
+  """`target(params)` names the FFI target of a call."""
   for platform in ("cpu", "cuda"):
     lowering = _partition.with_sharding_rule(
         _ffi_lowering(target, platform, attributes),
-        _ffi_lowering(_ffi.manual_target(target), platform, attributes), roles)
+        _ffi_lowering(lambda params: _ffi.manual_target(target(params)), platform, attributes),
+        roles)
     mlir.register_lowering(primitive, lowering, platform=platform)
 
 
 # ---------------------------------------------------------------------------- forward
 
 
-def _fwd_abstract_eval(*operands, eps, has_residual, has_weight, save_rstd):
-  del eps, has_weight
+def _fwd_abstract_eval(*operands, eps, has_residual, has_weight, save_rstd, out_dtype,
+                       round_normalized):
+  del eps, has_weight, round_normalized
   x = operands[0]
-  outs = [_derived(x, x.shape, x.dtype)]
+  outs = [_derived(x, x.shape, out_dtype or x.dtype)]
   if has_residual:
     outs.append(_derived(x, x.shape, x.dtype))
   if save_rstd:
@@ -173,10 +180,21 @@ def _fwd_abstract_eval(*operands, eps, has_residual, has_weight, save_rstd):
   return outs
 
 
+def _fwd_target(params):
+  """v1 unless the call needs v2's options (v1 keeps lowering as before, so its exports
+  and HLO do not change)."""
+  if params["out_dtype"] is not None or params["round_normalized"]:
+    return _ffi.FWD_TARGET_V2
+  return _ffi.FWD_TARGET
+
+
 def _fwd_attributes(avals_in, params):
   del avals_in
-  return dict(eps=np.float32(params["eps"]), has_residual=bool(params["has_residual"]),
-              has_weight=bool(params["has_weight"]), save_rstd=bool(params["save_rstd"]))
+  attributes = dict(eps=np.float32(params["eps"]), has_residual=bool(params["has_residual"]),
+                    has_weight=bool(params["has_weight"]), save_rstd=bool(params["save_rstd"]))
+  if _fwd_target(params) == _ffi.FWD_TARGET_V2:
+    attributes["round_normalized"] = bool(params["round_normalized"])
+  return attributes
 
 
 def _fwd_batch(operands, dims, *, has_residual, has_weight, **params):
@@ -189,11 +207,13 @@ def _fwd_batch(operands, dims, *, has_residual, has_weight, **params):
   return outs, [axis] * len(outs)
 
 
-def _fwd_jvp(primals, tangents, *, eps, has_residual, has_weight, save_rstd):
+def _fwd_jvp(primals, tangents, *, eps, has_residual, has_weight, save_rstd, out_dtype,
+             round_normalized):
   x, residual, weight = _take(primals, True, has_residual, has_weight)
   dx, dresidual, dweight = _take(tangents, True, has_residual, has_weight)
   outs = rms_norm_fwd_p.bind(*primals, eps=eps, has_residual=has_residual,
-                             has_weight=has_weight, save_rstd=True)
+                             has_weight=has_weight, save_rstd=True, out_dtype=out_dtype,
+                             round_normalized=round_normalized)
   y, new_residual, rstd = _take(outs, True, has_residual, True)
   s = new_residual if has_residual else x
   has_weight_tangent = has_weight and type(dweight) is not ad.Zero
@@ -201,7 +221,8 @@ def _fwd_jvp(primals, tangents, *, eps, has_residual, has_weight, save_rstd):
       s, rstd, *_present(weight), ad.instantiate_zeros(dx),
       *([ad.instantiate_zeros(dresidual)] if has_residual else []),
       *([dweight] if has_weight_tangent else []),
-      has_residual=has_residual, has_weight=has_weight, has_weight_tangent=has_weight_tangent)
+      has_residual=has_residual, has_weight=has_weight, has_weight_tangent=has_weight_tangent,
+      y_dtype=out_dtype)
   primal_out = [y] + ([new_residual] if has_residual else []) + ([rstd] if save_rstd else [])
   tangent_out = list(tangent_outs)
   if save_rstd:  # only reached when differentiating a differentiated forward
@@ -214,13 +235,14 @@ def _fwd_jvp(primals, tangents, *, eps, has_residual, has_weight, save_rstd):
 # ---------------------------------------------------------------------------- tangent
 
 
-def _tangent_abstract_eval(s, *operands, has_residual, has_weight, has_weight_tangent):
+def _tangent_abstract_eval(s, *operands, has_residual, has_weight, has_weight_tangent, y_dtype):
   del operands, has_weight, has_weight_tangent
-  return [_derived(s, s.shape, s.dtype)] * (2 if has_residual else 1)
+  return [_derived(s, s.shape, y_dtype or s.dtype)] + [_derived(s, s.shape, s.dtype)] * has_residual
 
 
-def _tangent_jnp(s, rstd, *operands, has_residual, has_weight, has_weight_tangent):
-  """dy = rstd * w * (ds - n * mean(n * ds)) + n * dweight with n = s * rstd, in float32."""
+def _tangent_jnp(s, rstd, *operands, has_residual, has_weight, has_weight_tangent, y_dtype):
+  """dy = rstd * w * (ds - n * mean(n * ds)) + n * dweight with n = s * rstd, in float32
+  (the HF order's rounding of n passes tangents straight through)."""
   weight, dx, dresidual, dweight = _take(operands, has_weight, True, has_residual, has_weight_tangent)
   ds = dx.astype(jnp.float32)
   if has_residual:
@@ -232,7 +254,7 @@ def _tangent_jnp(s, rstd, *operands, has_residual, has_weight, has_weight_tangen
     dy = dy * _expand_weight(weight, s).astype(jnp.float32)
   if has_weight_tangent:
     dy = dy + n * _expand_weight(dweight, s).astype(jnp.float32)
-  outs = [dy.astype(s.dtype)]
+  outs = [dy.astype(y_dtype or s.dtype)]
   if has_residual:
     outs.append(ds.astype(s.dtype))
   return outs
@@ -243,7 +265,7 @@ def _expand_weight(weight, s):
   return weight.reshape(weight.shape[:-1] + (1,) * (s.ndim - weight.ndim) + weight.shape[-1:])
 
 
-def _tangent_batch(operands, dims, *, has_residual, has_weight, has_weight_tangent):
+def _tangent_batch(operands, dims, *, has_residual, has_weight, has_weight_tangent, y_dtype):
   s, rstd, weight, dx, dresidual, dweight = _take(
       operands, True, True, has_weight, True, has_residual, has_weight_tangent)
   s_d, rstd_d, weight_d, dx_d, dresidual_d, dweight_d = _take(
@@ -253,14 +275,18 @@ def _tangent_batch(operands, dims, *, has_residual, has_weight, has_weight_tange
       [weight_d, dweight_d], _batch_size(operands, dims))
   outs = rms_norm_tangent_p.bind(
       *_present(s, rstd, weight, dx, dresidual, dweight), has_residual=has_residual,
-      has_weight=has_weight, has_weight_tangent=has_weight_tangent)
+      has_weight=has_weight, has_weight_tangent=has_weight_tangent, y_dtype=y_dtype)
   return outs, [axis] * len(outs)
 
 
-def _tangent_transpose(cotangents, s, rstd, *operands, has_residual, has_weight, has_weight_tangent):
+def _tangent_transpose(cotangents, s, rstd, *operands, has_residual, has_weight, has_weight_tangent,
+                       y_dtype):
+  del y_dtype
   weight, dx, dresidual, dweight = _take(operands, has_weight, True, has_residual, has_weight_tangent)
   ct_y, ct_new_residual = _take(cotangents, True, has_residual)
-  ct_y = ad.instantiate_zeros(ct_y)
+  # A float32 y's cotangent goes to the kernel in x's dtype (in model code it is itself a
+  # convert of a bf16 cotangent, which XLA folds away).
+  ct_y = ad.instantiate_zeros(ct_y).astype(s.dtype)
   has_residual_grad = has_residual and type(ct_new_residual) is not ad.Zero
   want_dweight = has_weight_tangent and ad.is_undefined_primal(dweight)
   d_s, d_weight = rms_norm_bwd(ct_y, s, rstd, weight, ct_new_residual if has_residual_grad else None,
@@ -319,7 +345,7 @@ def _bwd_batch(operands, dims, *, has_weight, has_residual_grad, want_dweight):
 
 _def_impl(rms_norm_fwd_p)
 rms_norm_fwd_p.def_abstract_eval(_fwd_abstract_eval)
-_register_lowerings(rms_norm_fwd_p, _ffi.FWD_TARGET, _fwd_attributes, _partition.fwd_roles)
+_register_lowerings(rms_norm_fwd_p, _fwd_target, _fwd_attributes, _partition.fwd_roles)
 batching.primitive_batchers[rms_norm_fwd_p] = _fwd_batch
 ad.primitive_jvps[rms_norm_fwd_p] = _fwd_jvp
 
@@ -331,5 +357,6 @@ ad.primitive_transposes[rms_norm_tangent_p] = _tangent_transpose
 
 _def_impl(rms_norm_bwd_p)
 rms_norm_bwd_p.def_abstract_eval(_bwd_abstract_eval)
-_register_lowerings(rms_norm_bwd_p, _ffi.BWD_TARGET, _bwd_attributes, _partition.bwd_roles)
+_register_lowerings(rms_norm_bwd_p, lambda params: _ffi.BWD_TARGET, _bwd_attributes,
+                    _partition.bwd_roles)
 batching.primitive_batchers[rms_norm_bwd_p] = _bwd_batch

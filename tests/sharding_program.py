@@ -146,6 +146,23 @@ def main(seed):
     close(grads(xs, rs, ws), grads(x, r, w), name + " grads")
     print("ok hidden sharded, backward: only all-reduces of", seen, "(per-row statistics, dweight):", name)
 
+  # The forward's v2 options (float32 y, the HF order) partition alike.
+  options = lambda x, r, w: jax_rmsnorm.rms_norm_residual(x, r, w, out_dtype=jnp.float32,
+                                                          round_normalized=True)
+  options_loss = lambda x, r, w: sum(jnp.sum(o.astype(jnp.float32) ** 2) for o in options(x, r, w))
+  for label, spec, w_spec, allowed in (("rows", P("rows"), P(), []), ("hidden", P(None, "rows"), P("rows"), ["f32[16]"])):
+    x, r, w = inputs(rng, (16, 256))
+    xs, rs, ws = put(mesh1, spec, w_spec, x, r, w)
+    text = jax.jit(options).lower(xs, rs, ws).compile().as_text()
+    assert "jax_rmsnorm_fwd_v2" in jax.jit(options).lower(xs, rs, ws).as_text()
+    assert only_all_reduces(text, allowed, label) == allowed, collectives(text)
+    # The float32 y carries n rounded to bf16: where the sums differ in order, one bf16 ulp.
+    close(jax.jit(options)(xs, rs, ws), jax.jit(options)(x, r, w), "options " + label,
+          rtol=2.0 ** -7, atol=2.0 ** -8)
+    close(jax.jit(jax.grad(options_loss, argnums=(0, 1, 2)))(xs, rs, ws),
+          jax.jit(jax.grad(options_loss, argnums=(0, 1, 2)))(x, r, w), "options grads " + label)
+  print("ok float32 y and the HF order, rows and hidden sharded")
+
   # Batched weights (vmap over weights), sharded along the batch: no collective at all.
   x, r, w = inputs(rng, (8, 16, 128), (8, 128))
   xs, rs, ws = put(mesh1, P("rows"), P("rows"), x, r, w)

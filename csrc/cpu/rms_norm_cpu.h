@@ -49,12 +49,12 @@ const float* weight_as_float(const W* weight, int64_t hidden, std::vector<float>
   return buffer.data();
 }
 
-template <typename T, typename W>
+template <typename T, typename W, typename O>
 void rms_norm_fwd_rows(const FwdProblem& p) {
   const T* x = static_cast<const T*>(p.x);
   const T* residual = static_cast<const T*>(p.residual);
   T* residual_out = static_cast<T*>(p.residual_out);
-  T* y = static_cast<T*>(p.y);
+  O* y = static_cast<O*>(p.y);
   const W* weight = static_cast<const W*>(p.weight);
   std::vector<float> w_buffer;
   const float* w = nullptr;
@@ -81,7 +81,13 @@ void rms_norm_fwd_rows(const FwdProblem& p) {
       w = weight_as_float(weight != nullptr ? weight + wanted_w_row * p.hidden : nullptr, p.hidden, w_buffer);
       w_row = wanted_w_row;
     }
-    for (int64_t i = 0; i < p.hidden; ++i) y[offset + i] = from_float<T>(to_float(s[i]) * rstd * w[i]);
+    if (p.round_normalized) {
+      for (int64_t i = 0; i < p.hidden; ++i) {
+        y[offset + i] = from_float<O>(to_float(from_float<T>(to_float(s[i]) * rstd)) * w[i]);
+      }
+    } else {
+      for (int64_t i = 0; i < p.hidden; ++i) y[offset + i] = from_float<O>(to_float(s[i]) * rstd * w[i]);
+    }
   }
 }
 
@@ -133,7 +139,10 @@ inline void rms_norm_bwd_cpu(const BwdProblem& p) {
 
 inline void rms_norm_fwd_cpu(const FwdProblem& p) {
   dispatch_dtypes<CpuTypes>(p.x_dtype, p.weight_dtype, [&](auto x_tag, auto w_tag) {
-    rms_norm_fwd_rows<typename decltype(x_tag)::type, typename decltype(w_tag)::type>(p);
+    using T = typename decltype(x_tag)::type;
+    dispatch_output<T>(p.float32_y, [&](auto y_tag) {
+      rms_norm_fwd_rows<T, typename decltype(w_tag)::type, typename decltype(y_tag)::type>(p);
+    });
   });
 }
 

@@ -88,9 +88,11 @@ inline ffi::Error decode_weight(const ffi::AnyBuffer& weight, const ffi::AnyBuff
   return ffi::Error::Success();
 }
 
+// `v2` calls (the `*_fwd_v2` targets) may ask for the HF order and a float32 y; v1 calls
+// (older exports) decode as before.
 inline ffi::Error decode_fwd_call(ffi::RemainingArgs args, ffi::RemainingRets rets, float eps,
                                   bool has_residual, bool has_weight, bool save_rstd,
-                                  FwdProblem& p) {
+                                  FwdProblem& p, bool v2 = false, bool round_normalized = false) {
   const size_t want_args = 1 + size_t(has_residual) + size_t(has_weight);
   const size_t want_rets = 1 + size_t(has_residual) + size_t(save_rstd);
   if (args.size() != want_args || rets.size() != want_rets) {
@@ -125,8 +127,14 @@ inline ffi::Error decode_fwd_call(ffi::RemainingArgs args, ffi::RemainingRets re
   }
 
   ffi::Result<ffi::AnyBuffer> y = rets.get<ffi::AnyBuffer>(ret++).value();
-  if (!like_x(*y)) return invalid("y must have the shape and dtype of x");
+  const bool wide_y = v2 && same_shape(*y, x) && y->element_type() == ffi::DataType::F32;
+  if (!like_x(*y) && !wide_y) {
+    return invalid(v2 ? "y must have the shape of x and x's dtype or float32"
+                      : "y must have the shape and dtype of x");
+  }
   p.y = y->untyped_data();
+  p.float32_y = wide_y && p.x_dtype != DType::kF32;
+  p.round_normalized = round_normalized;
   if (has_residual) {
     ffi::Result<ffi::AnyBuffer> residual_out = rets.get<ffi::AnyBuffer>(ret++).value();
     if (!like_x(*residual_out)) return invalid("residual_out must have the shape and dtype of x");

@@ -5,13 +5,25 @@
 
 namespace jax_rmsnorm {
 
-static ffi::Error RmsNormFwdCpu(float eps, bool has_residual, bool has_weight, bool save_rstd,
-                                ffi::RemainingArgs args, ffi::RemainingRets rets) {
+static ffi::Error RunFwdCpu(float eps, bool has_residual, bool has_weight, bool save_rstd, bool v2,
+                            bool round_normalized, ffi::RemainingArgs args, ffi::RemainingRets rets) {
   FwdProblem p;
-  ffi::Error error = decode_fwd_call(args, rets, eps, has_residual, has_weight, save_rstd, p);
+  ffi::Error error = decode_fwd_call(args, rets, eps, has_residual, has_weight, save_rstd, p, v2,
+                                     round_normalized);
   if (error.failure()) return error;
   rms_norm_fwd_cpu(p);
   return ffi::Error::Success();
+}
+
+static ffi::Error RmsNormFwdCpu(float eps, bool has_residual, bool has_weight, bool save_rstd,
+                                ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  return RunFwdCpu(eps, has_residual, has_weight, save_rstd, false, false, args, rets);
+}
+
+static ffi::Error RmsNormFwdCpuV2(float eps, bool has_residual, bool has_weight, bool save_rstd,
+                                  bool round_normalized, ffi::RemainingArgs args,
+                                  ffi::RemainingRets rets) {
+  return RunFwdCpu(eps, has_residual, has_weight, save_rstd, true, round_normalized, args, rets);
 }
 
 static ffi::Error RmsNormBwdCpu(bool has_weight, bool has_residual_grad, bool want_dweight,
@@ -35,6 +47,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_rmsnorm_fwd_cpu, jax_rmsnorm::RmsNormFwdCpu,
                                   .Attr<bool>("save_rstd")
                                   .RemainingArgs()    // x, [residual], [weight]
                                   .RemainingRets());  // y, [residual_out], [rstd]
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_rmsnorm_fwd_v2_cpu, jax_rmsnorm::RmsNormFwdCpuV2,
+                              xla::ffi::Ffi::Bind()
+                                  .Attr<float>("eps")
+                                  .Attr<bool>("has_residual")
+                                  .Attr<bool>("has_weight")
+                                  .Attr<bool>("save_rstd")
+                                  .Attr<bool>("round_normalized")
+                                  .RemainingArgs()    // x, [residual], [weight]
+                                  .RemainingRets());  // y (x's dtype or f32), [residual_out], [rstd]
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_rmsnorm_bwd_cpu, jax_rmsnorm::RmsNormBwdCpu,
                               xla::ffi::Ffi::Bind()

@@ -6,15 +6,29 @@
 
 namespace jax_rmsnorm {
 
-static ffi::Error RmsNormFwdCuda(cudaStream_t stream, float eps, bool has_residual,
-                                 bool has_weight, bool save_rstd, ffi::RemainingArgs args,
-                                 ffi::RemainingRets rets) {
+static ffi::Error RunFwdCuda(cudaStream_t stream, float eps, bool has_residual, bool has_weight,
+                             bool save_rstd, bool v2, bool round_normalized,
+                             ffi::RemainingArgs args, ffi::RemainingRets rets) {
   FwdProblem p;
-  ffi::Error error = decode_fwd_call(args, rets, eps, has_residual, has_weight, save_rstd, p);
+  ffi::Error error = decode_fwd_call(args, rets, eps, has_residual, has_weight, save_rstd, p, v2,
+                                     round_normalized);
   if (error.failure()) return error;
   const std::string message = rms_norm_fwd_cuda(p, stream);
   if (!message.empty()) return ffi::Error::Internal("jax_rmsnorm forward: " + message);
   return ffi::Error::Success();
+}
+
+static ffi::Error RmsNormFwdCuda(cudaStream_t stream, float eps, bool has_residual,
+                                 bool has_weight, bool save_rstd, ffi::RemainingArgs args,
+                                 ffi::RemainingRets rets) {
+  return RunFwdCuda(stream, eps, has_residual, has_weight, save_rstd, false, false, args, rets);
+}
+
+static ffi::Error RmsNormFwdCudaV2(cudaStream_t stream, float eps, bool has_residual,
+                                   bool has_weight, bool save_rstd, bool round_normalized,
+                                   ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  return RunFwdCuda(stream, eps, has_residual, has_weight, save_rstd, true, round_normalized, args,
+                    rets);
 }
 
 static ffi::Error RmsNormBwdCuda(cudaStream_t stream, bool has_weight, bool has_residual_grad,
@@ -40,6 +54,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_rmsnorm_fwd_cuda, jax_rmsnorm::RmsNormFwdCuda,
                                   .Attr<bool>("save_rstd")
                                   .RemainingArgs()   // x, [residual], [weight]
                                   .RemainingRets(),  // y, [residual_out], [rstd]
+                              {xla::ffi::Traits::kCmdBufferCompatible});
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_rmsnorm_fwd_v2_cuda, jax_rmsnorm::RmsNormFwdCudaV2,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::PlatformStream<cudaStream_t>>()
+                                  .Attr<float>("eps")
+                                  .Attr<bool>("has_residual")
+                                  .Attr<bool>("has_weight")
+                                  .Attr<bool>("save_rstd")
+                                  .Attr<bool>("round_normalized")
+                                  .RemainingArgs()   // x, [residual], [weight]
+                                  .RemainingRets(),  // y (x's dtype or f32), [residual_out], [rstd]
                               {xla::ffi::Traits::kCmdBufferCompatible});
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_rmsnorm_bwd_cuda, jax_rmsnorm::RmsNormBwdCuda,

@@ -33,4 +33,14 @@ decltype(auto) dispatch_dtypes(DType x_dtype, DType weight_dtype, F&& f) {
   });
 }
 
+// Calls f(TypeTag<O>) for the output type of a row of type T: T itself, or float when
+// `wide` (only T narrower than float has a wider output).
+template <typename T, typename F>
+decltype(auto) dispatch_output(bool wide, F&& f) {
+  if constexpr (sizeof(T) < sizeof(float)) {
+    if (wide) return f(TypeTag<float>{});
+  }
+  return f(TypeTag<T>{});
+}
+
 }  // namespace jax_rmsnorm

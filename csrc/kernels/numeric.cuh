@@ -64,7 +64,17 @@ __device__ __forceinline__ unsigned int element_bits(T v) {
 template <typename T, int N>
 __device__ __forceinline__ void store_packed(T* p, const Packed<T, N>& v) {
   constexpr int kWords = sizeof(Packed<T, N>) / 4;
-  if constexpr (kWords == 0) {
+  if constexpr (kWords > 4) {  // a float32 output of a 16-byte bf16/f16 vector: 2 x 16 bytes
+    static_assert(kWords % 4 == 0, "whole 16-byte pieces");
+    constexpr int kPiece = 16 / sizeof(T);
+#pragma unroll
+    for (int i = 0; i < N; i += kPiece) {
+      Packed<T, kPiece> piece;
+#pragma unroll
+      for (int j = 0; j < kPiece; ++j) piece.v[j] = v.v[i + j];
+      store_packed(p + i, piece);
+    }
+  } else if constexpr (kWords == 0) {
     *p = v.v[0];
   } else {
     constexpr int kPerWord = 4 / sizeof(T);

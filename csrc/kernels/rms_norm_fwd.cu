@@ -36,13 +36,17 @@ __device__ __forceinline__ float sum_of_squares(const Packed<T, VEC>& s) {
   return acc;
 }
 
-// y = round(s * rstd * w).
-template <typename T, int VEC>
-__device__ __forceinline__ Packed<T, VEC> normalize(const Packed<T, VEC>& s, float rstd,
-                                                    const float (&w)[VEC]) {
-  Packed<T, VEC> y;
+// y = round_O(s * rstd * w), or, in the HF order, round_O(round_T(s * rstd) * w).
+template <typename O, typename T, int VEC>
+__device__ __forceinline__ Packed<O, VEC> normalize(const Packed<T, VEC>& s, float rstd,
+                                                    const float (&w)[VEC], bool round_normalized) {
+  Packed<O, VEC> y;
 #pragma unroll
-  for (int j = 0; j < VEC; ++j) y.v[j] = from_float<T>(to_float(s.v[j]) * rstd * w[j]);
+  for (int j = 0; j < VEC; ++j) {
+    float n = to_float(s.v[j]) * rstd;
+    if (round_normalized) n = to_float(from_float<T>(n));
+    y.v[j] = from_float<O>(n * w[j]);
+  }
   return y;
 }
 
@@ -57,7 +61,7 @@ __device__ __forceinline__ const W* weight_row(const FwdProblem& p, int64_t row)
 }
 
 // Two 512-thread CTAs (or four of 256) per SM: at most 64 registers a thread.
-template <typename T, typename W, int VEC, int CHUNKS>
+template <typename T, typename W, typename O, int VEC, int CHUNKS>
 __global__ void __launch_bounds__(kRegistersBlock, 2)
     rms_norm_fwd_registers(FwdProblem p, int threads_per_row, int cluster) {
   __shared__ RowSumScratch scratch;
@@ -123,13 +127,14 @@ __global__ void __launch_bounds__(kRegistersBlock, 2)
     if (column(c) < p.hidden) {
       float late[VEC];
       if (!kEarlyWeight) load_weight<VEC>(weight, column(c), late);
-      store_packed(static_cast<T*>(p.y) + offset + column(c),
-                   normalize<T, VEC>(s[c], rstd, kEarlyWeight ? w[kEarlyWeight ? c : 0] : late));
+      store_packed(static_cast<O*>(p.y) + offset + column(c),
+                   normalize<O>(s[c], rstd, kEarlyWeight ? w[kEarlyWeight ? c : 0] : late,
+                                p.round_normalized));
     }
   }
 }
 
-template <typename T, typename W, int VEC>
+template <typename T, typename W, typename O, int VEC>
 __global__ void __launch_bounds__(kMaxBlock) rms_norm_fwd_streaming(FwdProblem p) {
   __shared__ RowSumScratch scratch;
   const int64_t row = blockIdx.x;
@@ -155,27 +160,27 @@ __global__ void __launch_bounds__(kMaxBlock) rms_norm_fwd_streaming(FwdProblem p
   for (int64_t col = int64_t(threadIdx.x) * VEC; col < p.hidden; col += step) {
     float w[VEC];
     load_weight<VEC>(weight, col, w);
-    store_packed(static_cast<T*>(p.y) + offset + col,
-                 normalize<T, VEC>(load_packed<T, VEC>(source + offset + col), rstd, w));
+    store_packed(static_cast<O*>(p.y) + offset + col,
+                 normalize<O>(load_packed<T, VEC>(source + offset + col), rstd, w, p.round_normalized));
   }
 }
 
-template <typename T, typename W, int VEC>
+template <typename T, typename W, typename O, int VEC>
 cudaError_t launch_registers(const FwdProblem& p, const FwdLaunch& l, cudaStream_t stream) {
   return dispatch_chunks<kMaxChunks>(l.chunks, [&](auto chunks) {
-    return launch(rms_norm_fwd_registers<T, W, VEC, decltype(chunks)::value>,
+    return launch(rms_norm_fwd_registers<T, W, O, VEC, decltype(chunks)::value>,
                   dim3(static_cast<unsigned>(l.grid)), dim3(l.block), 0, l.cluster, stream, p,
                   l.threads_per_row, l.cluster);
   });
 }
 
-template <typename T, typename W, int VEC>
+template <typename T, typename W, typename O, int VEC>
 cudaError_t launch_vec(const FwdProblem& p, const FwdLaunch& l, cudaStream_t stream) {
   if (l.kernel == FwdKernel::kStreaming) {
-    return launch(rms_norm_fwd_streaming<T, W, VEC>, dim3(static_cast<unsigned>(l.grid)),
+    return launch(rms_norm_fwd_streaming<T, W, O, VEC>, dim3(static_cast<unsigned>(l.grid)),
                   dim3(l.block), 0, 1, stream, p);
   }
-  return launch_registers<T, W, VEC>(p, l, stream);
+  return launch_registers<T, W, O, VEC>(p, l, stream);
 }
 
 }  // namespace
@@ -198,8 +203,11 @@ std::string rms_norm_fwd_cuda(const FwdProblem& p, cudaStream_t stream, const Fw
   const cudaError_t err = dispatch_dtypes<CudaTypes>(p.x_dtype, p.weight_dtype, [&](auto x_tag, auto w_tag) {
     using T = typename decltype(x_tag)::type;
     using W = typename decltype(w_tag)::type;
-    return l.vec == 1 ? launch_vec<T, W, 1>(p, l, stream)
-                      : launch_vec<T, W, 16 / sizeof(T)>(p, l, stream);
+    return dispatch_output<T>(p.float32_y, [&](auto y_tag) {
+      using O = typename decltype(y_tag)::type;
+      return l.vec == 1 ? launch_vec<T, W, O, 1>(p, l, stream)
+                        : launch_vec<T, W, O, 16 / sizeof(T)>(p, l, stream);
+    });
   });
   if (err != cudaSuccess) return std::string("kernel launch failed: ") + cudaGetErrorString(err);
   return {};

@@ -1,0 +1,138 @@
+"""The forward's options: y in float32 from bf16/f16 x (`out_dtype`), and the HF/Llama
+order (`round_normalized`: the normalized x rounded to x's dtype before the weight),
+against a float64 reference, with gradients, bad values, and the FFI target each uses."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jax_rmsnorm
+from conftest import TOLERANCE, assert_close, on_device, random_array
+
+SHAPES = [(3, 257), (2, 4, 4096), (1, 65536)]
+
+
+def reference64(x, residual, weight, out_dtype, round_normalized, eps=1e-6):
+  s = np.asarray(x).astype(np.float64)
+  if residual is not None:
+    s = (s + np.asarray(residual).astype(np.float64)).astype(np.asarray(x).dtype).astype(np.float64)
+  n = s / np.sqrt(np.mean(s * s, axis=-1, keepdims=True) + eps)
+  if round_normalized:
+    n = n.astype(np.asarray(x).dtype).astype(np.float64)
+  return n if weight is None else n * np.asarray(weight).astype(np.float64)
+
+
+@pytest.mark.parametrize("round_normalized", [False, True], ids=["one-rounding", "hf-order"])
+@pytest.mark.parametrize("out_dtype", [None, jnp.float32], ids=["y-like-x", "y-f32"])
+@pytest.mark.parametrize("x_dtype", [jnp.bfloat16, jnp.float16, jnp.float32], ids=["bf16", "f16", "f32"])
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_forward_options(device, rng, shape, residual, x_dtype, out_dtype, round_normalized):
+  x = random_array(rng, shape, x_dtype, scale=3.0)
+  r = random_array(rng, shape, x_dtype) if residual else None
+  w = random_array(rng, shape[-1:], jnp.float32)
+  xd, rd, wd = on_device(device, x, r, w)
+  kwargs = dict(out_dtype=out_dtype, round_normalized=round_normalized)
+  if residual:
+    y, new_r = jax.jit(lambda x, r, w: jax_rmsnorm.rms_norm_residual(x, r, w, **kwargs))(xd, rd, wd)
+    assert new_r.dtype == x_dtype
+  else:
+    y = jax.jit(lambda x, w: jax_rmsnorm.rms_norm(x, w, **kwargs))(xd, wd)
+  want_dtype = jnp.dtype(out_dtype or x_dtype)
+  assert y.dtype == want_dtype
+  want = reference64(x, r, w, out_dtype, round_normalized)
+  if round_normalized:
+    # n is rounded to x's dtype on the way: computed in float32 here and in float64 there,
+    # it may land one ulp of x's dtype apart, and y is rounded again: two ulps.
+    rtol, atol = TOLERANCE[np.dtype(x_dtype)]
+    np.testing.assert_allclose(np.asarray(y, np.float64), want, rtol=2 * rtol, atol=atol,
+                               err_msg=f"seed {rng.seed}")
+    assert np.all(np.isfinite(np.asarray(y, np.float32)))
+  else:
+    assert_close(y, want, want_dtype, seed=rng.seed)
+
+
+@pytest.mark.parametrize("round_normalized", [False, True], ids=["one-rounding", "hf-order"])
+@pytest.mark.parametrize("out_dtype", [None, jnp.float32], ids=["y-like-x", "y-f32"])
+@pytest.mark.parametrize("x_dtype", [jnp.bfloat16, jnp.float32], ids=["bf16", "f32"])
+def test_gradients_with_options(device, rng, x_dtype, out_dtype, round_normalized):
+  """Gradients against jax.grad of the jnp reference with the same options (the HF order's
+  rounding passes gradients straight through in both)."""
+  x, r = random_array(rng, (6, 1024), x_dtype), random_array(rng, (6, 1024), x_dtype)
+  w, ct = random_array(rng, (1024,), jnp.float32), random_array(rng, (6, 1024), jnp.float32)
+  xd, rd, wd, ctd = on_device(device, x, r, w, ct)
+  kwargs = dict(out_dtype=out_dtype, round_normalized=round_normalized)
+
+  def loss(op):
+    return lambda x, r, w: jnp.sum(op(x, r, w, **kwargs)[0].astype(jnp.float32) * ctd)
+
+  got = jax.jit(jax.grad(loss(jax_rmsnorm.rms_norm_residual), argnums=(0, 1, 2)))(xd, rd, wd)
+  want = jax.jit(jax.grad(loss(jax_rmsnorm.reference.rms_norm_residual), argnums=(0, 1, 2)))(xd, rd, wd)
+  # bf16: the two round dy and n at different points (one bf16 ulp of the largest term).
+  tol = 2.0 ** -6 if x_dtype == jnp.bfloat16 else 1e-5
+  for g, v in zip(got, want):
+    g32, v32 = np.asarray(g, np.float32), np.asarray(v, np.float32)
+    assert g.dtype == v.dtype and np.all(np.isfinite(g32))
+    np.testing.assert_allclose(g32, v32, rtol=tol, atol=tol * float(np.max(np.abs(v32))))
+
+
+def test_targets():
+  """v1 lowers as before; only calls with an option use v2."""
+  x, w = jnp.ones((2, 8), jnp.bfloat16), jnp.ones((8,), jnp.float32)
+  text = lambda **kw: jax.jit(lambda x, w: jax_rmsnorm.rms_norm(x, w, **kw)).lower(x, w).as_text()
+  assert "jax_rmsnorm_fwd_v1" in text() and "jax_rmsnorm_fwd_v2" not in text()
+  assert "jax_rmsnorm_fwd_v2" in text(out_dtype=jnp.float32)
+  assert "jax_rmsnorm_fwd_v2" in text(round_normalized=True)
+  assert "jax_rmsnorm_fwd_v1" in text(out_dtype=jnp.bfloat16)  # y in x's dtype anyway
+
+
+@pytest.mark.parametrize("kwargs,error", [
+    (dict(out_dtype=jnp.float16), ValueError),
+    (dict(out_dtype=jnp.int32), ValueError),
+    (dict(out_dtype="no such dtype"), TypeError),
+    (dict(round_normalized=1), TypeError),
+    (dict(round_normalized=None), TypeError),
+])
+@pytest.mark.parametrize("op", ["kernel", "reference"])
+def test_bad_option_values(op, kwargs, error):
+  fn = jax_rmsnorm.rms_norm if op == "kernel" else jax_rmsnorm.reference.rms_norm
+  name = next(iter(kwargs))
+  with pytest.raises(error, match=name):
+    fn(jnp.ones((2, 8), jnp.bfloat16), **kwargs)
+
+
+@pytest.mark.parametrize("x_dtype", [jnp.bfloat16, jnp.float16], ids=["bf16", "f16"])
+def test_hf_order_is_taken(device, rng, x_dtype):
+  """The HF order differs from one rounding by half an ulp of x's dtype, inside the
+  tolerances above; a float32 y shows it: ours matches the jnp reference's HF order (both
+  float32 arithmetic) and not its one-rounding result."""
+  x, w = random_array(rng, (8, 2048), x_dtype, scale=3.0), random_array(rng, (2048,), jnp.float32)
+  xd, wd = on_device(device, x, w)
+  run = lambda f, hf: np.asarray(jax.jit(lambda x, w: f(x, w, out_dtype=jnp.float32, round_normalized=hf))(xd, wd))
+  ours = run(jax_rmsnorm.rms_norm, True)
+  hf, plain = run(jax_rmsnorm.reference.rms_norm, True), run(jax_rmsnorm.reference.rms_norm, False)
+  assert np.mean(ours == hf) > 0.99, np.mean(ours == hf)  # rounding boundaries aside
+  assert np.mean(ours != plain) > 0.5, np.mean(ours != plain)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bf16", "f16"])
+def test_rounded_is_a_cast_xla_keeps(device, rng, dtype):
+  """reference.rounded (the HF order's rounding in the reference and the hidden-sharded
+  path) equals a cast to dtype and back, ties, subnormals, overflow, inf and NaN included,
+  compiled for the device: XLA on GPU drops a plain cast round trip (excess precision)."""
+  info = jnp.finfo(dtype)
+  tiny = float(info.smallest_subnormal)
+  special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, float(info.max) * 1.001, 1 + 2.0 ** -8,
+                      1 + 3 * 2.0 ** -8, tiny * 0.5, tiny * 1.5, tiny * 2.5, -tiny * 0.49], np.float32)
+  values = np.concatenate([special] + [rng.standard_normal(4096).astype(np.float32) * scale
+                                       for scale in (1.0, 1e-3, 1e-5, 1e-7, 1e4)])
+  (vd,) = on_device(device, values)
+  got = np.asarray(jax.jit(lambda v: jax_rmsnorm.reference.rounded(v, dtype))(vd))
+  with np.errstate(over="ignore"):
+    want = values.astype(dtype).astype(np.float32)
+  same = (got == want) & (np.signbit(got) == np.signbit(want)) | (np.isnan(got) & np.isnan(want))
+  assert same.all(), (values[~same], got[~same], want[~same])
+  # Not the identity: most values change.
+  assert np.mean(got != values) > 0.9
+  assert float(jax.grad(lambda v: jax_rmsnorm.reference.rounded(v, dtype).sum())(vd)[-1]) == 1.0
