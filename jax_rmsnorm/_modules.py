@@ -51,12 +51,22 @@ def normalize(x, scale, eps, residual=None, out_dtype=None, round_normalized=Fal
   return ops.rms_norm_residual(x, residual, scale, **kwargs)
 
 
-def normalize_reference(x, scale, eps, out_dtype, round_normalized=False, *,
-                        reduction_axes, mask, axis_name):
+def float_dtype(x):
+  """x's dtype when it is a floating one, else None."""
+  dtype = getattr(x, "dtype", None)
+  return dtype if dtype is not None and jnp.issubdtype(dtype, jnp.floating) else None
+
+
+def normalize_reference(x, scale, eps, out_dtype, round_normalized=False, *, x_dtype=None,
+                        reduction_axes, feature_axes, mask, axis_name,
+                        force_float32_reductions=True):
   """The jnp reference, for the options flax lacks (an offset scale, the HF order: no flax
-  computation to fall back on), which it serves over the last axis only."""
-  if not (last_axis_only(reduction_axes, x.ndim) and mask is None and axis_name is None):
+  computation to fall back on), which it serves over the last axis only, in float32.
+  `x_dtype`: the dtype the HF order rounds to, x's own before any promotion (x's)."""
+  if not (last_axis_only(reduction_axes, x.ndim) and last_axis_only(feature_axes, x.ndim)
+          and mask is None and axis_name is None and force_float32_reductions):
     raise NotImplementedError(
-        "scale_offset and round_normalized support statistics over the last axis only")
-  return reference.normalize_rows(x.astype(jnp.float32), x.dtype, scale, eps, out_dtype,
-                                  round_normalized)
+        "scale_offset and round_normalized support statistics and a scale over the last "
+        "axis only, reduced in float32 (no mask, axis_name, or force_float32_reductions=False)")
+  return reference.normalize_rows(x.astype(jnp.float32), x_dtype or x.dtype, scale, eps,
+                                  out_dtype, round_normalized)

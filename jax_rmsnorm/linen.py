@@ -15,7 +15,10 @@ class RMSNorm(nn.RMSNorm):
   write x's dtype or float32: ``reduction_axes`` and ``feature_axes`` the last axis, no
   ``axis_name``, no ``mask``, ``force_float32_reductions=True`` (flax's defaults; with
   ``dtype=None``, bf16 x and a float32 scale give a float32 y, which the kernels write from
-  bf16 reads). Every other configuration runs flax's own computation, with flax's result.
+  bf16 reads; its gradient runs in float32 jnp). Every other configuration runs flax's own
+  computation, with flax's result; with ``scale_offset`` or ``round_normalized`` it runs the
+  jnp reference, which raises ``NotImplementedError`` for statistics or a scale other than
+  over the last axis in float32.
 
   Extra fields (defaults keep flax's behaviour):
     scale_offset: multiply by ``scale_offset + scale`` (Gemma: 1.0, with
@@ -49,8 +52,11 @@ class RMSNorm(nn.RMSNorm):
                                   self.round_normalized)
       y = _modules.normalize_reference(x_in, scale, self.epsilon, self._out_dtype(x_in),
                                        self.round_normalized,
-                                       reduction_axes=self.reduction_axes, mask=mask,
-                                       axis_name=self.axis_name)
+                                       reduction_axes=self.reduction_axes,
+                                       feature_axes=self.feature_axes, mask=mask,
+                                       axis_name=self.axis_name,
+                                       force_float32_reductions=getattr(
+                                           self, "force_float32_reductions", True))
     else:
       y = super().__call__(x_in, mask=mask)
     return y if residual is None else (y, x_in)

@@ -39,6 +39,7 @@ class RMSNorm(nnx.RMSNorm):
         and _modules.kernel_serves(
             x_in, x_promoted.dtype, reduction_axes=self.reduction_axes,
             feature_axes=self.feature_axes, axis_name=self.axis_name, mask=mask,
+            force_float32_reductions=getattr(self, "force_float32_reductions", True),
             added=() if residual is None else (x, residual)))
     if use_kernels:
       # x promoted to float32 (flax's default for bf16 x and a float32 scale) is exact:
@@ -48,8 +49,12 @@ class RMSNorm(nnx.RMSNorm):
     if (self.scale_offset or self.round_normalized) and hasattr(x_promoted, "dtype"):
       y = _modules.normalize_reference(x_promoted, _modules.offset_scale(scale, self.scale_offset),
                                        self.epsilon, x_promoted.dtype, self.round_normalized,
-                                       reduction_axes=self.reduction_axes, mask=mask,
-                                       axis_name=self.axis_name)
+                                       x_dtype=_modules.float_dtype(x_in),  # before promotion
+                                       reduction_axes=self.reduction_axes,
+                                       feature_axes=self.feature_axes, mask=mask,
+                                       axis_name=self.axis_name,
+                                       force_float32_reductions=getattr(
+                                           self, "force_float32_reductions", True))
     else:
       y = super().__call__(x_in, mask)
     return y if residual is None else (y, x_in)

@@ -284,13 +284,14 @@ def _tangent_transpose(cotangents, s, rstd, *operands, has_residual, has_weight,
   del y_dtype
   weight, dx, dresidual, dweight = _take(operands, has_weight, True, has_residual, has_weight_tangent)
   ct_y, ct_new_residual = _take(cotangents, True, has_residual)
-  # A float32 y's cotangent goes to the kernel in x's dtype (in model code it is itself a
-  # convert of a bf16 cotangent, which XLA folds away).
-  ct_y = ad.instantiate_zeros(ct_y).astype(s.dtype)
+  ct_y = ad.instantiate_zeros(ct_y)
   has_residual_grad = has_residual and type(ct_new_residual) is not ad.Zero
   want_dweight = has_weight_tangent and ad.is_undefined_primal(dweight)
-  d_s, d_weight = rms_norm_bwd(ct_y, s, rstd, weight, ct_new_residual if has_residual_grad else None,
-                               want_dweight=want_dweight)
+  # The backward kernel reads dy in x's dtype: a float32 y's cotangent (bf16/f16 x) would
+  # be rounded there, so it takes the float32 jnp backward instead (as exact as flax's).
+  backward = rms_norm_bwd if ct_y.dtype == s.dtype else backward_jnp
+  d_s, d_weight = backward(ct_y, s, rstd, weight, ct_new_residual if has_residual_grad else None,
+                           want_dweight=want_dweight)
   # ds flows unchanged to both x and residual (new_residual = x + residual).
   return ([None, None] + ([None] if has_weight else [])
           + [d_s if ad.is_undefined_primal(dx) else None]
@@ -307,6 +308,21 @@ def rms_norm_bwd(dy, s, rstd, weight=None, d_new_residual=None, *, want_dweight)
       dy, s, rstd, *_present(weight, d_new_residual), has_weight=weight is not None,
       has_residual_grad=d_new_residual is not None, want_dweight=bool(want_dweight))
   return outs[0], (outs[1] if want_dweight else None)
+
+
+def backward_jnp(dy, s, rstd, weight=None, d_new_residual=None, *, want_dweight):
+  """rms_norm_bwd's results in float32 jnp, dy in any float dtype."""
+  rstd = rstd[..., None]
+  n = s.astype(jnp.float32) * rstd
+  g = dy.astype(jnp.float32)
+  gw = g if weight is None else g * _expand_weight(weight, s).astype(jnp.float32)
+  ds = rstd * (gw - n * jnp.mean(gw * n, axis=-1, keepdims=True))
+  if d_new_residual is not None:
+    ds = ds + d_new_residual.astype(jnp.float32)
+  d_weight = None
+  if want_dweight:  # summed over the rows a [*lead, hidden] weight is shared by
+    d_weight = jnp.sum(g * n, axis=tuple(range(weight.ndim - 1, s.ndim - 1))).astype(weight.dtype)
+  return ds.astype(s.dtype), d_weight
 
 
 def _bwd_abstract_eval(dy, s, rstd, *operands, has_weight, has_residual_grad, want_dweight):

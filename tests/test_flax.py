@@ -95,10 +95,10 @@ def test_linen_matches_flax(device, rng, shape, x_dtype, dtype, param_dtype, use
     got = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(params, x)
     want = jax.jit(jax.grad(loss(theirs), argnums=(0, 1)))(params, x)
     close(got[1], want[1], "dx", dx_terms(x, ct, params.get("params", {}).get("scale")))
-    # A float32 y's cotangent reaches the kernels in x's dtype: dscale is as exact as that.
+    # y's cotangent is rounded to y's dtype in both (a float32 y's stays float32).
     for g, w in zip(jax.tree.leaves(got[0]), jax.tree.leaves(want[0])):
       assert g.dtype == w.dtype
-      close(g, w, "dscale", dscale_terms(x, ct), computed_in=x_dtype)
+      close(g, w, "dscale", dscale_terms(x, ct), computed_in=y.dtype)
 
 
 @pytest.mark.parametrize("x_dtype,dtype,param_dtype,use_scale,fast", CONFIGS, ids=IDS)
@@ -123,11 +123,9 @@ def test_nnx_matches_flax(device, rng, x_dtype, dtype, param_dtype, use_scale, f
     grad = lambda m: nnx.grad(lambda m, x: jnp.sum(m(x).astype(jnp.float32) * ct), argnums=(0, 1))(m, x)
     (g_model, g_x), (w_model, w_x) = grad(ours), grad(theirs)
     close(g_x, w_x, "dx", dx_terms(x, ct, theirs.scale[...] if use_scale else None))
-    # flax promotes the scale to the output dtype: its gradient is rounded to that too; and
-    # a float32 y's cotangent reaches the kernels in x's dtype.
-    coarser = x_dtype if ULP[jnp.dtype(x_dtype)] > ULP[jnp.dtype(y.dtype)] else y.dtype
+    # flax promotes the scale to the output dtype: its gradient is rounded to that too.
     for g, w in zip(jax.tree.leaves(nnx.state(g_model, nnx.Param)), jax.tree.leaves(nnx.state(w_model, nnx.Param))):
-      close(g, w, "dscale", dscale_terms(x, ct), computed_in=coarser)
+      close(g, w, "dscale", dscale_terms(x, ct), computed_in=y.dtype)
 
 
 def test_checkpoints_load_both_ways(rng):
@@ -313,3 +311,36 @@ def test_hf_order(device, rng, x_dtype):
     m = jax_rmsnorm.nnx.RMSNorm(256, dtype=x_dtype, round_normalized=True, rngs=nnx.Rngs(0))
     nnx.update(m, nnx.State({"scale": nnx.Param(params["params"]["scale"])}))
     close(m(x), want(params, x), "y nnx")
+
+
+def test_hf_order_fallback_rounds_to_x_dtype(device, rng):
+  """nnx promotes bf16 x to float32 (a float32 scale, dtype=None); the HF order still
+  rounds the normalized x to bf16, on the kernels and on the reference path alike (a
+  broadcasting residual takes the reference path)."""
+  with jax.default_device(device):
+    x, r = inputs(rng, (4, 256), jnp.bfloat16), inputs(rng, (1, 256), jnp.bfloat16)
+    m = jax_rmsnorm.nnx.RMSNorm(256, round_normalized=True, rngs=nnx.Rngs(0),
+                                scale_init=nnx.initializers.normal(1.0))
+    y_fallback, h = m(x, residual=r)
+    assert not uses_kernels(lambda x, r: m(x, residual=r), x, r)
+    y_kernels, h2 = m(x, residual=jnp.broadcast_to(r, x.shape))
+    np.testing.assert_array_equal(np.asarray(h), np.asarray(h2))
+    assert y_fallback.dtype == y_kernels.dtype == jnp.float32
+    plain = jax_rmsnorm.reference.rms_norm(h, m.scale[...], eps=1e-6, out_dtype=jnp.float32)
+    # Equal but for float32 rounding, and unequal to the one-rounding result.
+    np.testing.assert_allclose(np.asarray(y_fallback), np.asarray(y_kernels), rtol=1e-6, atol=1e-6)
+    assert np.mean(np.asarray(y_fallback) != np.asarray(plain)) > 0.5
+
+
+@pytest.mark.parametrize("option", [dict(round_normalized=True), dict(scale_offset=1.0)])
+def test_options_refuse_what_they_cannot_serve(option):
+  """The options have no flax computation to fall back on: other feature axes or float16
+  reductions raise rather than change the parameter's shape or the math."""
+  x = jnp.ones((2, 3, 8), jnp.bfloat16)
+  with pytest.raises(NotImplementedError, match="last axis"):
+    jax_rmsnorm.linen.RMSNorm(feature_axes=(-2, -1), **option).init(jax.random.key(0), x)
+  with pytest.raises(NotImplementedError, match="last axis"):
+    jax_rmsnorm.linen.RMSNorm(reduction_axes=(-2, -1), **option).init(jax.random.key(0), x)
+  if "force_float32_reductions" in [f.name for f in nn.RMSNorm.__dataclass_fields__.values()]:
+    with pytest.raises(NotImplementedError, match="last axis"):
+      jax_rmsnorm.linen.RMSNorm(force_float32_reductions=False, **option).init(jax.random.key(0), x)
