@@ -7,6 +7,8 @@
 #   SANITIZE_JAX=1 (memcheck, racecheck, initcheck, synccheck over benchmarks/sanitize_jax.py's
 #     sweep), SANITIZE_LARGEST=1 (the same tools over its > 2^31-element case alone),
 #     SANITIZE_TOOLS="memcheck ..." (fewer tools), SANITIZE_TIMEOUT=seconds per tool run,
+#     SANITIZE_LARGEST_PARTS=forward|gradients (half the largest case: racecheck of both
+#     outlasts one call),
 #   NCU_CASES="forward:16384x4096 backward:262144x128" (ncu counters for those cases),
 #   SWEEP=benchmarks/sweep_cases.txt (kernel_sweep over those cases: launch configs),
 #   TRAIN_STEP=1 (benchmarks/train_step.py: the example decoder's train step, flax vs ours),
@@ -46,7 +48,7 @@ if [ "${SANITIZE_JAX:-0}" = 1 ] || [ "${SANITIZE_LARGEST:-0}" = 1 ]; then
   [ "${SANITIZE_JAX:-0}" = 1 ] && runs+=(sweep)
   [ "${SANITIZE_LARGEST:-0}" = 1 ] && runs+=(largest)
   for run in "${runs[@]}"; do
-    args=""; [ "$run" = largest ] && args="--only-largest"
+    args=""; [ "$run" = largest ] && args="--only-largest --largest-parts ${SANITIZE_LARGEST_PARTS:-forward,gradients}"
     for tool in ${SANITIZE_TOOLS:-memcheck racecheck initcheck synccheck}; do
       log="$OUT/sanitize_${run}_$tool.log"
       # At the largest size racecheck watches the row kernels only (rms_norm_*: XLA's

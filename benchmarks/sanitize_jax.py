@@ -73,11 +73,12 @@ def check(name, got, want, dtype):
   return err
 
 
-def run_largest(key, sample_rows=64):
+def run_largest(key, parts=("forward", "gradients"), sample_rows=64):
   """LARGEST in bfloat16, one op at a time (x, residual and one cotangent stay on the
   device: 13 GB; under memcheck each buffer is its own cudaMalloc, so we free as we go):
-  forward, residual, and the gradients of each. Rows checked: the first
-  and last `sample_rows`; dweight (all rows) against XLA's float32 sum."""
+  `parts`: the forwards (plain, float32-y HF order, residual) and/or the gradients of the
+  plain and residual ops (one sanitizer run of both can outlast a call). Rows checked: the
+  first and last `sample_rows`; dweight (all rows) against XLA's float32 sum."""
   shape, eps = LARGEST, 1e-6
   kx, kr, kd, kw = jax.random.split(key, 4)
   x, r, dy = (jax.random.normal(k, shape, jnp.bfloat16) for k in (kx, kr, kd))
@@ -103,6 +104,13 @@ def run_largest(key, sample_rows=64):
   def show(name, *args):
     print(f"  {name}: max |error| {check(name, *args):.3g}", flush=True)
 
+  if "forward" in parts:
+    largest_forwards(x, r, w, x64, w64, s64, y_x, y_s, host, rows, show, eps)
+  if "gradients" in parts:
+    largest_gradients(x, r, w, dy, dy64, dx_x, dx_s, host, show, dweight_xla)
+
+
+def largest_forwards(x, r, w, x64, w64, s64, y_x, y_s, host, rows, show, eps):
   y = jax.jit(jax_rmsnorm.rms_norm)(x, w)
   show("y", host(y), y_x, jnp.bfloat16)
   del y
@@ -115,11 +123,14 @@ def run_largest(key, sample_rows=64):
   y, new_r = jax.jit(jax_rmsnorm.rms_norm_residual)(x, r, w)
   show("y residual", host(y), y_s, jnp.bfloat16)
   show("new_residual", host(new_r), s64, jnp.bfloat16)
-  del y
+
+
+def largest_gradients(x, r, w, dy, dy64, dx_x, dx_s, host, show, dweight_xla):
   dx, dw = jax.jit(lambda x, w, dy: jax.vjp(jax_rmsnorm.rms_norm, x, w)[1](dy))(x, w, dy)
   show("dx", host(dx), dx_x, jnp.bfloat16)
   show("dweight", np.asarray(dw), np.asarray(dweight_xla(x, dy), np.float64), np.float32)
   del dx
+  new_r = jax.jit(lambda x, r: (x + r).astype(r.dtype))(x, r)
   dw_want = np.asarray(dweight_xla(new_r, dy), np.float64)
   del new_r
   # dy for both y and new_residual: ds = (the norm's gradient) + dy, to x and residual.
@@ -175,6 +186,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--largest", action="store_true", help=f"also rows x hidden = {LARGEST} (bf16)")
   parser.add_argument("--only-largest", action="store_true", help="skip the sweep")
+  parser.add_argument("--largest-parts", default="forward,gradients",
+                      help="of the largest case: forward, gradients or both (comma-separated)")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
   key = jax.random.key(args.seed)
@@ -186,9 +199,11 @@ def main():
     print(f"ok {shape[0]} x {shape[1]}: forward, residual, gradients; bf16/f16/f32; "
           "float32 y and HF order from bf16/f16", flush=True)
   if args.largest or args.only_largest:
-    run_largest(key)
+    parts = tuple(args.largest_parts.split(","))
+    run_largest(key, parts)
     print(f"ok {LARGEST[0]} x {LARGEST[1]} bf16 ({LARGEST[0] * LARGEST[1]:,} elements): "
-          "forward (also float32 y, HF order), residual, gradients (first and last 64 rows checked)", flush=True)
+          f"{' and '.join(parts)} (forward: also float32 y in the HF order, and residual; "
+          "first and last 64 rows checked)", flush=True)
   print("ALL OK")
 
 
