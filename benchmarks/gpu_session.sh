@@ -11,12 +11,14 @@
 #     outlasts one call),
 #   NCU_CASES="forward:16384x4096 backward:262144x128" (ncu counters for those cases),
 #   SWEEP=benchmarks/sweep_cases.txt (kernel_sweep over those cases: launch configs),
-#   TRAIN_STEP=1 (benchmarks/train_step.py: the example decoder's train step, flax vs ours),
+#   TRAIN_STEP=1 (benchmarks/train_step.py: the example decoder's train step, flax vs ours;
+#     TRAIN_STEP_ARGS="--layout model" shards it over every GPU: issue 8),
 #   STEP_PROFILE=1 (benchmarks/step_profile.py: that step's kernel times by group).
 # Installs wheelhouse/*.whl when one was carried over, else builds from source
 # offline. Logs and results go under $OUT (the device tool brings them back).
 set -uo pipefail
-export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
+# NVLink multicast stays off on machines of several GPUs (the device tool's KINDS.md).
+export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
 OUT=${OUT:-/tmp/jax_rmsnorm_out}
 mkdir -p "$OUT"
 
@@ -73,7 +75,7 @@ if [ -n "${NCU_CASES:-}" ]; then
   echo "ncu exit $?: $(grep -c '"' "$OUT/ncu.csv") rows in ncu.csv"
 fi
 if [ "${TRAIN_STEP:-0}" = 1 ]; then
-  python3 benchmarks/train_step.py --json "$OUT/train_step.json" 2> "$OUT/train_step.err" | tee "$OUT/train_step.txt"
+  python3 benchmarks/train_step.py ${TRAIN_STEP_ARGS:-} --json "$OUT/train_step.json" 2> "$OUT/train_step.err" | tee "$OUT/train_step.txt"
   tail -3 "$OUT/train_step.err"
 fi
 if [ "${STEP_PROFILE:-0}" = 1 ]; then

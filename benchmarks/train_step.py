@@ -8,7 +8,12 @@ that over 10. The three variants are compiled and warmed up (3 steps) first, the
 turn, round after round (7 rounds), so that drift hits them alike; the table gives the
 medians and the spread (max - min over the rounds) of each.
 
-    python benchmarks/train_step.py [--quick] [--json FILE]
+With --layout, the step runs on every visible device (issue 8: two GPUs): `data` shards
+the batch (parameters replicated), `model` shards every parameter matrix along its last
+axis (tensor parallel: the residual stream, and so the norms, are then split along
+hidden), `data,model` does both on a 2-D mesh.
+
+    python benchmarks/train_step.py [--quick] [--layout data|model|data,model] [--json FILE]
 """
 
 import argparse
@@ -20,7 +25,9 @@ import statistics
 import time
 
 import jax
+import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 _spec = importlib.util.spec_from_file_location(
     "decoder", pathlib.Path(__file__).parents[1] / "examples" / "decoder.py")
@@ -36,13 +43,43 @@ QUICK = [("hidden 256 (quick)", decoder.Config(vocab=1024, hidden=256, layers=2,
                                                mlp=512), 2, 128)]
 
 
-def prepare(cfg, batch, seq, norm):
+def mesh_for(layout, devices=None):
+  """A mesh over all devices for a layout: `data` and/or `model` axes."""
+  devices = np.array(devices or jax.devices())
+  axes = layout.split(",")
+  if axes == ["data", "model"]:
+    shape = (2, len(devices) // 2) if len(devices) % 2 == 0 and len(devices) > 2 else (1, len(devices))
+  elif axes in (["data"], ["model"]):
+    shape = (len(devices),)
+  else:
+    raise ValueError(f"layout: 'data', 'model' or 'data,model', not {layout!r}")
+  return Mesh(devices.reshape(shape), tuple(axes))
+
+
+def place(mesh, params, tokens):
+  """Tokens sharded by batch over `data`; each parameter of rank >= 2 along its last axis
+  over `model` (where it divides), the rest replicated."""
+  model_size = mesh.shape.get("model", 1)
+
+  def param_spec(a):
+    if "model" in mesh.axis_names and a.ndim >= 2 and a.shape[-1] % model_size == 0:
+      return NamedSharding(mesh, P(*([None] * (a.ndim - 1)), "model"))
+    return NamedSharding(mesh, P())
+
+  batch = "data" if "data" in mesh.axis_names and tokens.shape[0] % mesh.shape["data"] == 0 else None
+  return (jax.tree.map(lambda a: jax.device_put(a, param_spec(a)), params),
+          jax.device_put(tokens, NamedSharding(mesh, P(batch, None))))
+
+
+def prepare(cfg, batch, seq, norm, mesh=None):
   """A compiled, warmed-up step of one variant: a callable that runs `steps` steps and
-  returns the seconds per step, and the last loss."""
+  returns the seconds per step, and the last loss. With a mesh, sharded (see place())."""
   model = decoder.Decoder(dataclasses.replace(cfg, norm=norm))
   tokens = jax.random.randint(jax.random.key(0), (batch, seq + 1), 0, cfg.vocab)
   init_as = model if norm == "none" else decoder.Decoder(dataclasses.replace(cfg, norm="flax"))
   params = init_as.init(jax.random.key(1), tokens[:, :-1])
+  if mesh is not None:
+    params, tokens = place(mesh, params, tokens)
   optimizer = optax.adamw(1e-4)
   step = decoder.make_train_step(model, optimizer)
   state = [params, optimizer.init(params), None]
@@ -60,9 +97,9 @@ def prepare(cfg, batch, seq, norm):
   return run
 
 
-def step_times(cfg, batch, seq, norms=("flax", "ours", "none"), rounds=7):
+def step_times(cfg, batch, seq, norms=("flax", "ours", "none"), rounds=7, mesh=None):
   """{norm: (median ms, spread ms, last loss)}, the variants timed in turn each round."""
-  runs = {norm: prepare(cfg, batch, seq, norm) for norm in norms}
+  runs = {norm: prepare(cfg, batch, seq, norm, mesh) for norm in norms}
   times, losses = {norm: [] for norm in norms}, {}
   for _ in range(rounds):
     for norm, run in runs.items():
@@ -75,16 +112,20 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="a tiny model, for the CPU")
   parser.add_argument("--json", help="write the results here")
+  parser.add_argument("--layout", help="data, model or data,model: shard over all devices")
   args = parser.parse_args()
   device = jax.devices()[0]
-  print(f"device: {device.device_kind} ({device.platform}); jax {jax.__version__}; bf16 "
+  mesh = mesh_for(args.layout) if args.layout else None
+  where = (f"{len(jax.devices())} devices, mesh {dict(mesh.shape)}" if mesh is not None
+           else "one device")
+  print(f"device: {device.device_kind} ({device.platform}), {where}; jax {jax.__version__}; bf16 "
         "activations, float32 parameters, adamw; ms per step: median of 7 rounds of 10 steps, "
         "± half the spread over the rounds; the variants alternate")
   print(f"{'model':<20} {'tokens':>8} {'flax ms':>14} {'ours ms':>14} {'no norm ms':>14} "
         f"{'speedup':>8} {'norm share':>10} {'captured':>9}")
   rows = []
   for name, cfg, batch, seq in (QUICK if args.quick else SIZES):
-    t = step_times(cfg, batch, seq)
+    t = step_times(cfg, batch, seq, mesh=mesh)
     (flax_ms, flax_spread, flax_loss), (ours_ms, ours_spread, ours_loss), (none_ms, none_spread, _) = (
         t["flax"], t["ours"], t["none"])
     share = (flax_ms - none_ms) / flax_ms
@@ -97,8 +138,9 @@ def main():
     print(f"{name:<20} {batch}x{seq:<6} {cell(flax_ms, flax_spread)} {cell(ours_ms, ours_spread)} "
           f"{cell(none_ms, none_spread)} {flax_ms / ours_ms:7.3f}x {share:9.1%} {captured:9.0%}", flush=True)
   if args.json:
-    pathlib.Path(args.json).write_text(json.dumps(dict(device=device.device_kind, jax=jax.__version__,
-                                                       rows=rows), indent=1, default=str))
+    pathlib.Path(args.json).write_text(json.dumps(dict(
+        device=device.device_kind, jax=jax.__version__, devices=len(jax.devices()),
+        mesh=dict(mesh.shape) if mesh is not None else None, rows=rows), indent=1, default=str))
 
 
 if __name__ == "__main__":
