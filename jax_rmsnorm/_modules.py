@@ -39,8 +39,13 @@ def offset_scale(scale, scale_offset):
 
 
 def add_residual(x, residual):
-  """The unfused `new_residual = x + residual`, rounded to residual's dtype."""
-  return (x + residual).astype(residual.dtype)
+  """The unfused `new_residual = x + residual`, rounded to residual's dtype: through
+  reference.rounded when that is narrower than float32, or XLA on GPU would hand whoever
+  reads it back as float32 (the norm) the unrounded sum."""
+  total = x + residual
+  if jnp.dtype(residual.dtype).itemsize < 4:
+    total = reference.rounded(total.astype(jnp.float32), residual.dtype)
+  return total.astype(residual.dtype)
 
 
 def normalize(x, scale, eps, residual=None, out_dtype=None, round_normalized=False):

@@ -123,12 +123,13 @@ def main(seed):
     same(got, jax.jit(both_ops)(x, r, w), name)
     for out in got:
       assert out.sharding.is_equivalent_to(xs.sharding, out.ndim), (name, out.sharding)
-    print("ok rows sharded, forward and residual, no collective, bit-equal:", name)
+    split = np.prod([mesh.shape[a] for entry in spec if entry
+                     for a in (entry if isinstance(entry, tuple) else (entry,))])
+    print("ok rows sharded, forward and residual, no collective, bit-equal:" if split > 1 else
+          "ok rows whole on this mesh, forward and residual:", name)
 
     # dweight is summed across the row shards (if the spec's axes split the rows at all:
     # with 2 devices the data axis has size 1).
-    split = np.prod([mesh.shape[a] for entry in spec if entry
-                     for a in (entry if isinstance(entry, tuple) else (entry,))])
     want_types = ["f32[256]"] if split > 1 else []
     types = only_all_reduces(grads.lower(xs, rs, ws).compile().as_text(), ["f32[256]"], name)
     assert types == want_types, (name, types)

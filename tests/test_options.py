@@ -131,10 +131,15 @@ def test_float32_y_gradients_are_float32_exact(device, rng, residual):
   ct = (1.0 + 1e-3 * rng.standard_normal(shape)).astype(np.float32)
   xd, rd, wd, ctd = on_device(device, x, r, w, ct)
 
+  # With the residual, new_residual's cotangent too (it adds to dx).
+  ct_new = random_array(rng, shape, jnp.bfloat16)
+  (ct_newd,) = on_device(device, ct_new)
+
   def loss(x, r, w):
-    y = (jax_rmsnorm.rms_norm_residual(x, r, w, out_dtype=jnp.float32)[0] if residual
-         else jax_rmsnorm.rms_norm(x, w, out_dtype=jnp.float32))
-    return jnp.sum(y * ctd)
+    if not residual:
+      return jnp.sum(jax_rmsnorm.rms_norm(x, w, out_dtype=jnp.float32) * ctd)
+    y, new_r = jax_rmsnorm.rms_norm_residual(x, r, w, out_dtype=jnp.float32)
+    return jnp.sum(y * ctd) + jnp.sum((new_r * ct_newd).astype(jnp.float32))
 
   dx, dw = jax.jit(jax.grad(loss, argnums=(0, 2)))(xd, rd, wd)
   s = np.asarray(x, np.float64)
@@ -144,6 +149,8 @@ def test_float32_y_gradients_are_float32_exact(device, rng, residual):
   n, g = s * rstd, ct.astype(np.float64)
   gw = g * np.asarray(w, np.float64)
   dx_want = rstd * (gw - n * np.mean(gw * n, -1, keepdims=True))
+  if residual:
+    dx_want = dx_want + np.asarray(ct_new, np.float64)
   dw_want, dw_terms = np.sum(g * n, 0), np.sum(np.abs(g * n), 0)
   assert dw.dtype == jnp.float32 and dx.dtype == jnp.bfloat16
   assert np.all(np.abs(np.asarray(dw, np.float64) - dw_want) <= 1e-5 * dw_terms), \
@@ -171,3 +178,23 @@ def test_rounded_is_a_cast_xla_keeps(device, rng, dtype):
   # Not the identity: most values change.
   assert np.mean(got != values) > 0.9
   assert float(jax.grad(lambda v: jax_rmsnorm.reference.rounded(v, dtype).sum())(vd)[-1]) == 1.0
+
+
+def test_float32_y_gradients_with_batched_weights(device, rng):
+  """vmap over weights (one per batch element) with a float32 y: each weight's gradient
+  sums over its own rows only, as jax.grad of the reference does."""
+  x = random_array(rng, (3, 5, 64), jnp.bfloat16, scale=2.0)
+  w = random_array(rng, (3, 64), jnp.float32)
+  ct = random_array(rng, (3, 5, 64), jnp.float32)
+  xd, wd, ctd = on_device(device, x, w, ct)
+
+  def grads(op):
+    loss = lambda x, w: jnp.sum(jax.vmap(lambda xb, wb: op(xb, wb, out_dtype=jnp.float32))(x, w) * ctd)
+    return jax.jit(jax.grad(loss, argnums=(0, 1)))(xd, wd)
+
+  (dx, dw), (dx_want, dw_want) = grads(jax_rmsnorm.rms_norm), grads(jax_rmsnorm.reference.rms_norm)
+  assert dw.shape == (3, 64) and dx.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(dw), np.asarray(dw_want), rtol=1e-5,
+                             atol=1e-5 * float(np.max(np.abs(np.asarray(dw_want)))))
+  np.testing.assert_allclose(np.asarray(dx, np.float32), np.asarray(dx_want, np.float32),
+                             rtol=2.0 ** -7, atol=2.0 ** -7 * float(np.max(np.abs(np.asarray(dx_want, np.float32)))))
