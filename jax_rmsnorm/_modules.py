@@ -13,6 +13,14 @@ def last_axis_only(axes, ndim):
   return len(axes) == 1 and -ndim <= axes[0] < ndim and axes[0] % ndim == ndim - 1
 
 
+def layout(module):
+  """A flax RMSNorm's fields that say what it reduces over and how (kernel_serves' and
+  normalize_reference's keywords)."""
+  return dict(reduction_axes=module.reduction_axes, feature_axes=module.feature_axes,
+              axis_name=module.axis_name,
+              force_float32_reductions=getattr(module, "force_float32_reductions", True))
+
+
 def kernel_serves(x, out_dtype, *, reduction_axes, feature_axes, axis_name, mask,
                   force_float32_reductions=True, added=()):
   """True when the kernels compute exactly what flax's RMSNorm would: statistics and

@@ -335,7 +335,7 @@ def _fwd_partition(platform, arg_shapes, arg_shardings, result_shape, result_sha
 
 def _bwd_partition(platform, arg_shapes, arg_shardings, result_shape, result_sharding, backend,
                    whole=False):
-  from jax_rmsnorm.primitives import _expand_weight, rms_norm_bwd_p
+  from jax_rmsnorm.primitives import backward_jnp, rms_norm_bwd_p
   del result_sharding
   call = _Call(arg_shapes, arg_shardings, result_shape, bwd_roles, backend, x_index=1, whole=whole)
   p = call.params
@@ -355,21 +355,10 @@ def _bwd_partition(platform, arg_shapes, arg_shardings, result_shape, result_sha
                                  has_weight=p["has_weight"],
                                  has_residual_grad=p["has_residual_grad"], want_dweight=want_dweight)
       dx, dweight = outs[0], (outs[1] if want_dweight else None)
-    else:
-      r = rstd[..., None]
-      n = s.astype(jnp.float32) * r
-      g = dy.astype(jnp.float32)
-      if weight is not None:
-        g = g * _expand_weight(weight, s).astype(jnp.float32)
-      dot = _group_sum(jnp.sum(g * n, axis=-1, keepdims=True), hidden_groups)
-      dxf = r * (g - n * (dot / call.hidden))
-      if d_new is not None:
-        dxf = dxf + d_new.astype(jnp.float32)
-      dx = dxf.astype(s.dtype)
-      dweight = None
-      if want_dweight:
-        terms = dy.astype(jnp.float32) * n
-        dweight = jnp.sum(terms.reshape(weight.shape[:-1] + (-1, weight.shape[-1])), axis=-2)
+    else:  # the row dot summed across the hidden shards; dweight float32 until its sum
+      dx, dweight = backward_jnp(
+          dy, s, rstd, weight, d_new, want_dweight=want_dweight, hidden=call.hidden,
+          hidden_sum=lambda a: _group_sum(jnp.sum(a, axis=-1, keepdims=True), hidden_groups))
     if not want_dweight:
       return [dx]
     dweight = _group_sum(dweight, row_groups).astype(weight.dtype)

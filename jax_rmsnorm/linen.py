@@ -39,10 +39,8 @@ class RMSNorm(nn.RMSNorm):
   def __call__(self, x, *, mask=None, residual=None):
     x_in = x if residual is None else _modules.add_residual(x, residual)  # the normalized array
     use_kernels = _modules.kernel_serves(
-        x_in, self._out_dtype(x_in), reduction_axes=self.reduction_axes,
-        feature_axes=self.feature_axes, axis_name=self.axis_name, mask=mask,
-        force_float32_reductions=getattr(self, "force_float32_reductions", True),
-        added=() if residual is None else (x, residual))
+        x_in, self._out_dtype(x_in), mask=mask, added=() if residual is None else (x, residual),
+        **_modules.layout(self))
     if use_kernels or self.scale_offset or self.round_normalized:
       scale = (self.param("scale", self.scale_init, (x_in.shape[-1],), self.param_dtype)
                if self.use_scale else None)
@@ -51,12 +49,7 @@ class RMSNorm(nn.RMSNorm):
         return _modules.normalize(x, scale, self.epsilon, residual, self._out_dtype(x_in),
                                   self.round_normalized)
       y = _modules.normalize_reference(x_in, scale, self.epsilon, self._out_dtype(x_in),
-                                       self.round_normalized,
-                                       reduction_axes=self.reduction_axes,
-                                       feature_axes=self.feature_axes, mask=mask,
-                                       axis_name=self.axis_name,
-                                       force_float32_reductions=getattr(
-                                           self, "force_float32_reductions", True))
+                                       self.round_normalized, mask=mask, **_modules.layout(self))
     else:
       y = super().__call__(x_in, mask=mask)
     return y if residual is None else (y, x_in)

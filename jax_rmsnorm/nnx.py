@@ -36,11 +36,9 @@ class RMSNorm(nnx.RMSNorm):
     x_promoted, scale = self.promote_dtype((x_in, scale), dtype=self.dtype)
     use_kernels = (
         self.promote_dtype is _flax_dtypes.promote_dtype and hasattr(x_promoted, "dtype")
-        and _modules.kernel_serves(
-            x_in, x_promoted.dtype, reduction_axes=self.reduction_axes,
-            feature_axes=self.feature_axes, axis_name=self.axis_name, mask=mask,
-            force_float32_reductions=getattr(self, "force_float32_reductions", True),
-            added=() if residual is None else (x, residual)))
+        and _modules.kernel_serves(x_in, x_promoted.dtype, mask=mask,
+                                   added=() if residual is None else (x, residual),
+                                   **_modules.layout(self)))
     if use_kernels:
       # x promoted to float32 (flax's default for bf16 x and a float32 scale) is exact:
       # the kernels read bf16 and write float32 instead.
@@ -50,11 +48,7 @@ class RMSNorm(nnx.RMSNorm):
       y = _modules.normalize_reference(x_promoted, _modules.offset_scale(scale, self.scale_offset),
                                        self.epsilon, x_promoted.dtype, self.round_normalized,
                                        x_dtype=_modules.float_dtype(x_in),  # before promotion
-                                       reduction_axes=self.reduction_axes,
-                                       feature_axes=self.feature_axes, mask=mask,
-                                       axis_name=self.axis_name,
-                                       force_float32_reductions=getattr(
-                                           self, "force_float32_reductions", True))
+                                       mask=mask, **_modules.layout(self))
     else:
       y = super().__call__(x_in, mask)
     return y if residual is None else (y, x_in)

@@ -292,6 +292,8 @@ def _tangent_transpose(cotangents, s, rstd, *operands, has_residual, has_weight,
   backward = rms_norm_bwd if ct_y.dtype == s.dtype else backward_jnp
   d_s, d_weight = backward(ct_y, s, rstd, weight, ct_new_residual if has_residual_grad else None,
                            want_dweight=want_dweight)
+  if d_weight is not None:
+    d_weight = d_weight.astype(weight.dtype)  # backward_jnp's is float32
   # ds flows unchanged to both x and residual (new_residual = x + residual).
   return ([None, None] + ([None] if has_weight else [])
           + [d_s if ad.is_undefined_primal(dx) else None]
@@ -310,18 +312,25 @@ def rms_norm_bwd(dy, s, rstd, weight=None, d_new_residual=None, *, want_dweight)
   return outs[0], (outs[1] if want_dweight else None)
 
 
-def backward_jnp(dy, s, rstd, weight=None, d_new_residual=None, *, want_dweight):
-  """rms_norm_bwd's results in float32 jnp, dy in any float dtype."""
+def _sum_over_hidden(a):
+  return jnp.sum(a, axis=-1, keepdims=True)
+
+
+def backward_jnp(dy, s, rstd, weight=None, d_new_residual=None, *, want_dweight,
+                 hidden_sum=_sum_over_hidden, hidden=None):
+  """rms_norm_bwd's results in float32 jnp, dy in any float dtype: (dx in s's dtype,
+  dweight in float32 or None). A hidden-sharded partition passes `hidden_sum` (a row's sum
+  across the hidden shards) and `hidden` (the whole row's length)."""
   rstd = rstd[..., None]
   n = s.astype(jnp.float32) * rstd
   g = dy.astype(jnp.float32)
   gw = g if weight is None else g * _expand_weight(weight, s).astype(jnp.float32)
-  ds = rstd * (gw - n * jnp.mean(gw * n, axis=-1, keepdims=True))
+  ds = rstd * (gw - n * (hidden_sum(gw * n) / (hidden or s.shape[-1])))
   if d_new_residual is not None:
     ds = ds + d_new_residual.astype(jnp.float32)
   d_weight = None
   if want_dweight:  # summed over the rows a [*lead, hidden] weight is shared by
-    d_weight = jnp.sum(g * n, axis=tuple(range(weight.ndim - 1, s.ndim - 1))).astype(weight.dtype)
+    d_weight = jnp.sum(g * n, axis=tuple(range(weight.ndim - 1, s.ndim - 1)))
   return ds.astype(s.dtype), d_weight
 
 
