@@ -104,41 +104,39 @@ def run_largest(key, parts=("forward", "gradients"), sample_rows=64):
   def show(name, *args):
     print(f"  {name}: max |error| {check(name, *args):.3g}", flush=True)
 
+  def forwards():
+    y = jax.jit(jax_rmsnorm.rms_norm)(x, w)
+    show("y", host(y), y_x, jnp.bfloat16)
+    del y
+    # The float32 output in the HF order: an 8.6 GB y past 2^31 elements.
+    y = jax.jit(lambda x, w: jax_rmsnorm.rms_norm(x, w, out_dtype=jnp.float32,
+                                                  round_normalized=True))(x, w)
+    show("y f32 hf", np.asarray(y[rows], np.float64),
+         norm64(x64, None, eps)[0].astype(jnp.bfloat16).astype(np.float64) * w64, jnp.bfloat16)
+    del y
+    y, new_r = jax.jit(jax_rmsnorm.rms_norm_residual)(x, r, w)
+    show("y residual", host(y), y_s, jnp.bfloat16)
+    show("new_residual", host(new_r), s64, jnp.bfloat16)
+
+  def gradients():
+    dx, dw = jax.jit(lambda x, w, dy: jax.vjp(jax_rmsnorm.rms_norm, x, w)[1](dy))(x, w, dy)
+    show("dx", host(dx), dx_x, jnp.bfloat16)
+    show("dweight", np.asarray(dw), np.asarray(dweight_xla(x, dy), np.float64), np.float32)
+    del dx
+    new_r = jax.jit(lambda x, r: (x + r).astype(r.dtype))(x, r)
+    dw_want = np.asarray(dweight_xla(new_r, dy), np.float64)
+    del new_r
+    # dy for both y and new_residual: ds = (the norm's gradient) + dy, to x and residual.
+    residual_vjp = lambda x, r, w, dy: jax.vjp(jax_rmsnorm.rms_norm_residual, x, r, w)[1]((dy, dy))
+    dx, dr, dw = jax.jit(residual_vjp)(x, r, w, dy)
+    show("dx residual", host(dx), dx_s + dy64, jnp.bfloat16)
+    show("dresidual", host(dr), dx_s + dy64, jnp.bfloat16)
+    show("dweight residual", np.asarray(dw), dw_want, np.float32)
+
   if "forward" in parts:
-    largest_forwards(x, r, w, x64, w64, s64, y_x, y_s, host, rows, show, eps)
+    forwards()
   if "gradients" in parts:
-    largest_gradients(x, r, w, dy, dy64, dx_x, dx_s, host, show, dweight_xla)
-
-
-def largest_forwards(x, r, w, x64, w64, s64, y_x, y_s, host, rows, show, eps):
-  y = jax.jit(jax_rmsnorm.rms_norm)(x, w)
-  show("y", host(y), y_x, jnp.bfloat16)
-  del y
-  # The float32 output in the HF order: an 8.6 GB y past 2^31 elements.
-  y = jax.jit(lambda x, w: jax_rmsnorm.rms_norm(x, w, out_dtype=jnp.float32,
-                                                round_normalized=True))(x, w)
-  show("y f32 hf", np.asarray(y[rows], np.float64),
-       norm64(x64, None, eps)[0].astype(jnp.bfloat16).astype(np.float64) * w64, jnp.bfloat16)
-  del y
-  y, new_r = jax.jit(jax_rmsnorm.rms_norm_residual)(x, r, w)
-  show("y residual", host(y), y_s, jnp.bfloat16)
-  show("new_residual", host(new_r), s64, jnp.bfloat16)
-
-
-def largest_gradients(x, r, w, dy, dy64, dx_x, dx_s, host, show, dweight_xla):
-  dx, dw = jax.jit(lambda x, w, dy: jax.vjp(jax_rmsnorm.rms_norm, x, w)[1](dy))(x, w, dy)
-  show("dx", host(dx), dx_x, jnp.bfloat16)
-  show("dweight", np.asarray(dw), np.asarray(dweight_xla(x, dy), np.float64), np.float32)
-  del dx
-  new_r = jax.jit(lambda x, r: (x + r).astype(r.dtype))(x, r)
-  dw_want = np.asarray(dweight_xla(new_r, dy), np.float64)
-  del new_r
-  # dy for both y and new_residual: ds = (the norm's gradient) + dy, to x and residual.
-  residual_vjp = lambda x, r, w, dy: jax.vjp(jax_rmsnorm.rms_norm_residual, x, r, w)[1]((dy, dy))
-  dx, dr, dw = jax.jit(residual_vjp)(x, r, w, dy)
-  show("dx residual", host(dx), dx_s + dy64, jnp.bfloat16)
-  show("dresidual", host(dr), dx_s + dy64, jnp.bfloat16)
-  show("dweight residual", np.asarray(dw), dw_want, np.float32)
+    gradients()
 
 
 def run(shape, x_dtype, w_dtype, key):
