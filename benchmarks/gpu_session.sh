@@ -11,6 +11,8 @@
 #     outlasts one call),
 #   NCU_CASES="forward:16384x4096 backward:262144x128" (ncu counters for those cases),
 #   SWEEP=benchmarks/sweep_cases.txt (kernel_sweep over those cases: launch configs),
+#   SANITIZE_SWEEP=benchmarks/sanitize_cases.txt (the SANITIZE_TOOLS over kernel_sweep
+#     --check-only on those cases: every buffer its own allocation),
 #   TRAIN_STEP=1 (benchmarks/train_step.py: the example decoder's train step, flax vs ours;
 #     TRAIN_STEP_ARGS="--layout model" shards it over every GPU: issue 8),
 #   STEP_PROFILE=1 (benchmarks/step_profile.py: that step's kernel times by group).
@@ -33,6 +35,17 @@ fi
 if [ -n "${SWEEP:-}" ]; then
   [ -x build/kernel_sweep ] || bash benchmarks/build_sweep.sh
   build/kernel_sweep $(grep -v '^#' "$SWEEP") 2>&1 | tee "$OUT/sweep.txt"
+fi
+if [ -n "${SANITIZE_SWEEP:-}" ]; then
+  [ -x build/kernel_sweep ] || bash benchmarks/build_sweep.sh
+  compute-sanitizer --version | tail -1
+  for tool in ${SANITIZE_TOOLS:-memcheck racecheck initcheck synccheck}; do
+    log="$OUT/sanitize_sweep_$tool.log"
+    timeout "${SANITIZE_TIMEOUT:-900}" compute-sanitizer --tool $tool --error-exitcode 99 \
+      build/kernel_sweep --check-only $(grep -v '^#' "$SANITIZE_SWEEP") > "$log" 2>&1
+    echo "kernel_sweep $tool exit $?: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1)" \
+      "| $(grep -c ' checked ' "$log") cases checked, $(grep -c MISMATCH "$log") mismatches, ${SECONDS}s"
+  done
 fi
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   pytest ${TESTS:-tests} -q -rs -p no:cacheprovider "$@" 2>&1 | tee "$OUT/pytest.log" | tail -25

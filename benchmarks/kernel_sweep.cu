@@ -10,11 +10,11 @@
 // bwd; dtype bf16 (default), f16 or f32 (the weight is float32). Keys override the
 // chooser's launch: fwd/res tpr, chunks, block, cluster, streaming=1 (and the options
 // f32y=1: y in float32, hf=1: the HF order); bwd tpr, chunks,
-// block, cluster, stages, ctas, streaming=1; both offset=K (row buffers start K elements
+// block, cluster, stages, ctas, streaming=1, tiles=1 (the row-tile kernel); both offset=K (row buffers start K elements
 // past an aligned address). `copy` measures device-to-device copy bandwidth.
 // Times are per call: CUDA-event medians over batches of 20 back-to-back launches (the
 // gaps between kernels included; decode-sized kernels are host-bound unless --graph
-// replays the batch as a CUDA graph) that rotate through input sets of 256 MB or more in all (beyond
+// replays the batch as a CUDA graph; --check-only skips timing) that rotate through input sets of 256 MB or more in all (beyond
 // L2). Bandwidth counts the op's byte floor (read x [and residual] / dy and x, write y
 // [and residual_out] / dx) against the copy bandwidth measured by `copy`.
 #include <cuda_runtime.h>
@@ -185,6 +185,9 @@ constexpr int kBatch = 20;
 // cost leaves the figure; the choice for decode-sized kernels is made in this mode.
 bool use_graph = false;
 
+// --check-only: one input set, the CPU check and no timing (for compute-sanitizer runs).
+bool check_only = false;
+
 template <typename F>
 double time_us(int sets, int reps, F&& enqueue) {
   cudaStream_t stream;
@@ -240,6 +243,11 @@ void measure_copy() {
 
 void report(const std::string& spec, const std::string& config, double us, double floor_bytes,
             const std::string& check) {
+  if (check_only) {
+    std::printf("%-44s %-40s checked  %s\n", spec.c_str(), config.c_str(), check.c_str());
+    std::fflush(stdout);
+    return;
+  }
   const double bw = floor_bytes / (us * 1e-6);
   std::printf("%-44s %-40s %9.2f us %7.3f TB/s %6.1f%% of copy  %s\n", spec.c_str(), config.c_str(), us,
               bw / 1e12, copy_bandwidth > 0 ? 100.0 * bw / copy_bandwidth : 0.0, check.c_str());
@@ -255,6 +263,7 @@ std::string fwd_config(const FwdLaunch& l) {
 }
 
 int sets_for(double set_bytes) {
+  if (check_only) return 1;
   return static_cast<int>(std::clamp(std::ceil(256e6 / set_bytes), 2.0, 64.0));
 }
 
@@ -340,7 +349,8 @@ void run_forward(const std::string& spec, const Case& c, int reps) {
   std::snprintf(check, sizeof check, "max|gpu-cpu| %.3g, %ld beyond tol%s", d.max_diff, long(bad),
                 bad ? "  <-- MISMATCH" : "");
 
-  const double us = time_us(sets, reps, [&](int s, cudaStream_t st) { rms_norm_fwd_cuda(problems[s], st, &l); });
+  const double us =
+      check_only ? 0 : time_us(sets, reps, [&](int s, cudaStream_t st) { rms_norm_fwd_cuda(problems[s], st, &l); });
   report(spec, fwd_config(l), us, double(n) * (eb * (residual ? 3 : 1) + yb), check);
   free_allocations();
 }
@@ -383,7 +393,17 @@ void run_backward(const std::string& spec, const Case& c, int reps) {
   l.block = int(c.get("block", l.block));
   l.stages = int(c.get("stages", l.stages));
   l.cluster = int(c.get("cluster", l.kernel == FwdKernel::kStreaming ? 1 : l.cluster));
-  const int64_t ctas = c.get("ctas", bwd_ctas_per_weight_row(c.rows, c.hidden, eb));
+  int64_t default_ctas = bwd_ctas_per_weight_row(c.rows, c.hidden, eb);
+  if (c.get("tiles", 0)) {  // force the row-tile kernel (rows a cluster would take)
+    l.kernel = FwdKernel::kRowTiles;
+    l.block = kBwdBlock;
+    l.cluster = 1;
+    l.chunks = bwd_row_tile_chunks(l.vec);
+    l.tiles = int(bwd_row_tiles(ceil_div(c.hidden, l.vec), l.vec));
+    const int64_t lanes = kMaxResidentBwdCtas / l.tiles;
+    default_ctas = (c.rows < lanes ? c.rows : lanes) + 1;
+  }
+  const int64_t ctas = c.get("ctas", default_ctas);
 
   const int sets = sets_for(double(n) * eb * 3);
   std::vector<BwdProblem> problems(sets);
@@ -407,9 +427,10 @@ void run_backward(const std::string& spec, const Case& c, int reps) {
     p.weight_dtype = DType::kF32;
   }
   char config[128];
-  std::snprintf(config, sizeof config, "%s vec=%d tpr=%d chunks=%d block=%d cluster=%d stages=%d ctas=%ld",
-                l.kernel == FwdKernel::kStreaming ? "streaming" : "registers", l.vec, l.threads_per_row,
-                l.chunks, l.block, l.cluster, l.stages, long(ctas));
+  std::snprintf(config, sizeof config, "%s vec=%d tpr=%d chunks=%d block=%d cluster=%d stages=%d tiles=%d ctas=%ld",
+                l.kernel == FwdKernel::kStreaming ? "streaming"
+                : l.kernel == FwdKernel::kRowTiles ? "row-tiles" : "registers",
+                l.vec, l.threads_per_row, l.chunks, l.block, l.cluster, l.stages, l.tiles, long(ctas));
   std::string err = rms_norm_bwd_cuda(problems[0], 0, &l);
   if (!err.empty()) {
     report(spec, config, 0, 0, "launch failed: " + err);
@@ -438,7 +459,8 @@ void run_backward(const std::string& spec, const Case& c, int reps) {
   char check[128];
   std::snprintf(check, sizeof check, "dx max diff %.3g (%ld beyond tol), dweight max diff %.3g of %.3g%s",
                 dx.max_diff, long(dx.bad), dw.max_diff, dw.max_ref, dx.bad || dw_bad ? "  <-- MISMATCH" : "");
-  const double us = time_us(sets, reps, [&](int s, cudaStream_t st) { rms_norm_bwd_cuda(problems[s], st, &l); });
+  const double us =
+      check_only ? 0 : time_us(sets, reps, [&](int s, cudaStream_t st) { rms_norm_bwd_cuda(problems[s], st, &l); });
   report(spec, config, us, double(n) * eb * 3, check);
   free_allocations();
 }
@@ -451,6 +473,8 @@ int main(int argc, char** argv) {
     const std::string spec = argv[i];
     if (spec == "--graph") {
       use_graph = true;
+    } else if (spec == "--check-only") {
+      check_only = true;
     } else if (spec.rfind("--reps=", 0) == 0) {
       reps = std::atoi(spec.c_str() + 7);
     } else if (spec == "copy") {

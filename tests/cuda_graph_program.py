@@ -82,17 +82,23 @@ def custom_calls_captured(dump_dir, module):
 def main(seed, dump_dir):
   assert jax.devices()[0].platform == "gpu", jax.devices()
   rng = np.random.default_rng(seed)
-  shape = (256, 4096)
+  # 8 x 131072: long rows, whose backward is a cooperative launch (grid barriers).
+  for shape in ((256, 4096), (8, 131072)):
+    check_shape(rng, shape, dump_dir)
+
+
+def check_shape(rng, shape, dump_dir):
   sets = [tuple(jnp.asarray(rng.standard_normal(s), d) for s, d in
                 ((shape, jnp.bfloat16), (shape, jnp.bfloat16), (shape[-1:], jnp.float32)))
           for _ in range(3)]
+  # Fresh jitted functions per shape: the newest dump of each module name is this shape's.
   programs = {"forward": (jax.jit(forward), jax.jit(block_reference)),
               "gradient": (jax.jit(gradient),
                            jax.jit(jax.grad(loss(block_reference), argnums=(0, 1, 2))))}
   for name, (ours, ref) in programs.items():
     first = [ours(*s) for s in sets]
     calls, inside, outside, text = custom_calls_captured(dump_dir, name)
-    print(f"{name}: {calls} custom-call thunks before XLA's thunk passes; after them "
+    print(f"{name} {shape}: {calls} custom-call thunks before XLA's thunk passes; after them "
           f"{inside} inside command buffers, {outside} outside. Thunk sequence:")
     print("\n".join("  " + line for line in text.splitlines()[:40]))
     assert calls >= 4 and inside == calls and outside == 0, (calls, inside, outside)
@@ -108,7 +114,7 @@ def main(seed, dump_dir):
         assert np.all(np.isfinite(a32))
         scale = max(float(np.max(np.abs(b32))), 1.0)
         np.testing.assert_allclose(a32, b32, rtol=2.0 ** -6, atol=2.0 ** -7 * scale)
-    print(f"ok {name}: all {calls} custom calls captured in command buffers; 30 replays on 3 "
+    print(f"ok {name} {shape}: all {calls} custom calls captured in command buffers; 30 replays on 3 "
           "rotating input sets bit-identical; results match the jnp reference")
 
 

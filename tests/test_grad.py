@@ -151,6 +151,34 @@ def test_vmap_of_grad(device, rng, w_axis):
     np.testing.assert_allclose(np.asarray(g), np.asarray(wnt), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("hidden", [131072, 262144])
+@pytest.mark.parametrize("x_dtype,w_dtype", [(jnp.bfloat16, jnp.float32), (jnp.float32, jnp.float32)],
+                         ids=["bf16", "f32"])
+@pytest.mark.parametrize("rows", [1, 5, 9])
+def test_long_rows_with_weight_groups(device, rng, hidden, x_dtype, w_dtype, rows):
+  """Rows longer than a cluster holds: on the GPU, column tiles over a cooperative grid,
+  a few rows in flight at a time (so 5 and 9 rows take several steps, some lanes idle),
+  one dweight per weight row under vmap, with the residual and its cotangent."""
+  groups = 3
+  x = random_array(rng, (groups, rows, hidden), x_dtype, scale=2.0, mean=0.5)
+  r = random_array(rng, (groups, rows, hidden), x_dtype)
+  w = random_array(rng, (groups, hidden), w_dtype, scale=0.5, mean=1.0)
+  ct_y = random_array(rng, (groups, rows, hidden), x_dtype)
+  ct_new = random_array(rng, (groups, rows, hidden), x_dtype)
+
+  def grads(x, r, w, ct_y, ct_new):
+    _, vjp = jax.vjp(jax_rmsnorm.rms_norm_residual, x, r, w)
+    return vjp((ct_y, ct_new))
+
+  poison(device, 4 * x.nbytes)
+  dx, dres, dw = jax.jit(jax.vmap(grads))(*on_device(device, x, r, w, ct_y, ct_new))
+  np.testing.assert_array_equal(np.asarray(dres), np.asarray(dx))
+  for g in range(groups):
+    (ds_ref, dw_ref), (ds_scale, dw_scale) = reference_grads64(x[g], r[g], w[g], ct_y[g], ct_new[g])
+    assert_close(dx[g], ds_ref, x_dtype, f"dx[{g}]", rng.seed, atol=grad_atol(ds_ref, x_dtype, ds_scale))
+    assert_close(dw[g], dw_ref, w_dtype, f"dweight[{g}]", rng.seed, atol=grad_atol(dw_ref, w_dtype, dw_scale))
+
+
 def test_grad_of_scan_with_checkpoint(device, rng):
   x = random_array(rng, (5, 8, 128), jnp.float32)
   r0 = random_array(rng, (8, 128), jnp.float32)

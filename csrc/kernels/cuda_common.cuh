@@ -44,11 +44,12 @@ inline int max_cluster_size() {
   return value;
 }
 
-// One launch path for every kernel: cluster dimension, dynamic shared memory beyond the
-// default 48 KB and clusters beyond the portable 8 are opted into here.
+// One launch path for every kernel: cluster dimension, cooperative launch (every CTA
+// resident at once, for grid barriers), dynamic shared memory beyond the default 48 KB
+// and clusters beyond the portable 8 are opted into here.
 template <typename Kernel, typename... Args>
-cudaError_t launch(Kernel kernel, dim3 grid, dim3 block, size_t smem, int cluster,
-                   cudaStream_t stream, Args... args) {
+cudaError_t launch_with(Kernel kernel, dim3 grid, dim3 block, size_t smem, int cluster, bool cooperative,
+                        cudaStream_t stream, Args... args) {
   if (smem > (48 << 10)) {
     const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                static_cast<int>(smem));
@@ -63,16 +64,53 @@ cudaError_t launch(Kernel kernel, dim3 grid, dim3 block, size_t smem, int cluste
   config.blockDim = block;
   config.dynamicSmemBytes = smem;
   config.stream = stream;
-  cudaLaunchAttribute attrs[1];
+  cudaLaunchAttribute attrs[2];
   if (cluster > 1) {
-    attrs[0].id = cudaLaunchAttributeClusterDimension;
-    attrs[0].val.clusterDim.x = cluster;
-    attrs[0].val.clusterDim.y = 1;
-    attrs[0].val.clusterDim.z = 1;
-    config.attrs = attrs;
-    config.numAttrs = 1;
+    attrs[config.numAttrs].id = cudaLaunchAttributeClusterDimension;
+    attrs[config.numAttrs].val.clusterDim.x = cluster;
+    attrs[config.numAttrs].val.clusterDim.y = 1;
+    attrs[config.numAttrs].val.clusterDim.z = 1;
+    ++config.numAttrs;
   }
+  if (cooperative) {
+    attrs[config.numAttrs].id = cudaLaunchAttributeCooperative;
+    attrs[config.numAttrs].val.cooperative = 1;
+    ++config.numAttrs;
+  }
+  config.attrs = config.numAttrs > 0 ? attrs : nullptr;
   return cudaLaunchKernelEx(&config, kernel, args...);
+}
+
+template <typename Kernel, typename... Args>
+cudaError_t launch(Kernel kernel, dim3 grid, dim3 block, size_t smem, int cluster, cudaStream_t stream,
+                   Args... args) {
+  return launch_with(kernel, grid, block, smem, cluster, false, stream, args...);
+}
+
+// How many CTAs of `Kernel` (with `block` threads and `smem` bytes) the device holds at
+// once: the most a cooperative launch may have. Cached per kernel (a template argument,
+// so each instantiation has its own cache: kernels of one signature share a pointer
+// type) and device; each kernel is launched with one block and smem size.
+template <auto Kernel>
+int64_t resident_ctas(int block, size_t smem) {
+  static std::atomic<int64_t> cached[64];
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) return 0;
+  int64_t value = cached[device].load(std::memory_order_relaxed);
+  if (value == 0) {
+    int per_sm = 0, sms = 0;
+    if (smem > (48 << 10) && cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                   static_cast<int>(smem)) != cudaSuccess) {
+      return 0;
+    }
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, Kernel, block, smem) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+      return 0;
+    }
+    value = int64_t{per_sm} * sms;
+    cached[device].store(value, std::memory_order_relaxed);
+  }
+  return value;
 }
 
 // Calls f(std::integral_constant<int, C>{}) for the chunk count C (a power of two up

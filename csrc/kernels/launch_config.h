@@ -5,7 +5,8 @@
 
 namespace jax_rmsnorm {
 
-enum class FwdKernel { kRegisters, kStreaming };
+// kRowTiles: backward only (long rows split into column tiles over a cooperative grid).
+enum class FwdKernel { kRegisters, kStreaming, kRowTiles };
 
 struct FwdLaunch {
   FwdKernel kernel = FwdKernel::kRegisters;
@@ -98,7 +99,22 @@ struct BwdLaunch {
   int cluster = 1;          // CTAs sharing one row (long rows): each owns a column slice
   int block = 1;
   int stages = 1;  // row groups in the staging ring (kRegisters)
+  int tiles = 1;   // CTAs sharing one row, each with a column tile (kRowTiles)
 };
+
+// Long rows in the backward, beyond what a cluster holds: each row is split into column
+// tiles of kBwdBlock threads x 16 elements, one CTA per tile, and the CTAs of a row add
+// their partial dot products through global memory, waiting on a counter per row (a
+// cooperative launch keeps them all resident), each keeping its tile of dy and s in registers:
+// one read of each, like the register kernel. Two CTAs per SM stay resident, so a row
+// of `tiles` tiles leaves room for 2 x SMs / tiles rows ("lanes") at once.
+constexpr int64_t kMaxResidentBwdCtas = 2 * kSmCount;
+// 16 elements per thread (two tiles of dy and s in registers, the next row's loading):
+// 32 elements of bf16 spilled at the 128-register cap of two CTAs per SM.
+constexpr int bwd_row_tile_chunks(int vec) { return vec >= 4 ? 16 / vec : kMaxBwdChunks; }
+inline int64_t bwd_row_tiles(int64_t units, int vec) {
+  return ceil_div(units, int64_t{kBwdBlock} * bwd_row_tile_chunks(vec));
+}
 
 // Shared memory of the staging ring: per stage, dy and s of every thread's chunks plus
 // one rstd per thread.
@@ -124,7 +140,13 @@ inline BwdLaunch choose_bwd_launch(int64_t hidden, int elem_bytes, bool vector_o
     // the dweight sums) in registers.
     const int cluster = next_pow2(ceil_div(units, int64_t{kBwdBlock} * kMaxBwdChunks));
     if (cluster > max_cluster) {
-      l.kernel = FwdKernel::kStreaming;
+      l.tiles = static_cast<int>(bwd_row_tiles(units, l.vec));
+      if (l.tiles <= kMaxResidentBwdCtas) {
+        l.kernel = FwdKernel::kRowTiles;
+        l.chunks = bwd_row_tile_chunks(l.vec);
+        return l;
+      }
+      l.kernel = FwdKernel::kStreaming;  // rows too long for one wave of tiles
       l.threads_per_row = kMaxBlock;
       l.block = kMaxBlock;
       return l;
@@ -146,6 +168,11 @@ inline BwdLaunch choose_bwd_launch(int64_t hidden, int elem_bytes, bool vector_o
 inline int64_t bwd_ctas_per_weight_row(int64_t rows_per_weight, int64_t hidden, int elem_bytes) {
   if (rows_per_weight <= 0 || hidden <= 0) return 1;
   const BwdLaunch l = choose_bwd_launch(hidden, elem_bytes, hidden % (16 / elem_bytes) == 0);
+  if (l.kernel == FwdKernel::kRowTiles) {
+    // One partial row per lane, plus one row in which the CTAs exchange their row sums.
+    const int64_t lanes = kMaxResidentBwdCtas / l.tiles;
+    return (rows_per_weight < lanes ? rows_per_weight : lanes) + 1;
+  }
   const int64_t row_groups = ceil_div(rows_per_weight, l.block / l.threads_per_row);
   // Two register-kernel CTAs are resident per SM: a grid of 2 x SMs runs in one wave.
   // With clusters, a "CTA" here is a cluster (one partial row).
