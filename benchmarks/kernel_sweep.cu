@@ -395,13 +395,8 @@ void run_backward(const std::string& spec, const Case& c, int reps) {
   l.cluster = int(c.get("cluster", l.kernel == FwdKernel::kStreaming ? 1 : l.cluster));
   int64_t default_ctas = bwd_ctas_per_weight_row(c.rows, c.hidden, eb);
   if (c.get("tiles", 0)) {  // force the row-tile kernel (rows a cluster would take)
-    l.kernel = FwdKernel::kRowTiles;
-    l.block = kBwdBlock;
-    l.cluster = 1;
-    l.chunks = bwd_row_tile_chunks(l.vec);
-    l.tiles = int(bwd_row_tiles(ceil_div(c.hidden, l.vec), l.vec));
-    const int64_t lanes = kMaxResidentBwdCtas / l.tiles;
-    default_ctas = (c.rows < lanes ? c.rows : lanes) + 1;
+    use_row_tiles(l, ceil_div(c.hidden, l.vec));
+    default_ctas = bwd_row_tile_partials(c.rows, l.tiles);
   }
   const int64_t ctas = c.get("ctas", default_ctas);
 

@@ -45,7 +45,7 @@ inline int max_cluster_size() {
 }
 
 // One launch path for every kernel: cluster dimension, cooperative launch (every CTA
-// resident at once, for grid barriers), dynamic shared memory beyond the default 48 KB
+// resident at once, for kernels whose CTAs wait on each other), dynamic shared memory beyond the default 48 KB
 // and clusters beyond the portable 8 are opted into here.
 template <typename Kernel, typename... Args>
 cudaError_t launch_with(Kernel kernel, dim3 grid, dim3 block, size_t smem, int cluster, bool cooperative,

@@ -115,6 +115,22 @@ constexpr int bwd_row_tile_chunks(int vec) { return vec >= 4 ? 16 / vec : kMaxBw
 inline int64_t bwd_row_tiles(int64_t units, int vec) {
   return ceil_div(units, int64_t{kBwdBlock} * bwd_row_tile_chunks(vec));
 }
+// Turns `l` (its vec set) into the row-tile launch for rows of `units` accesses: the
+// chooser's, and kernel_sweep's when it forces the kernel on shorter rows.
+inline void use_row_tiles(BwdLaunch& l, int64_t units) {
+  l.kernel = FwdKernel::kRowTiles;
+  l.block = kBwdBlock;
+  l.cluster = 1;
+  l.chunks = bwd_row_tile_chunks(l.vec);
+  l.tiles = static_cast<int>(bwd_row_tiles(units, l.vec));
+}
+// Partial rows per weight row of a row-tile launch: one per lane (at most the rows there
+// are, and as many as the resident CTAs hold), plus one in which the CTAs exchange their
+// row sums.
+inline int64_t bwd_row_tile_partials(int64_t rows_per_weight, int tiles) {
+  const int64_t lanes = kMaxResidentBwdCtas / tiles;
+  return (rows_per_weight < lanes ? rows_per_weight : lanes) + 1;
+}
 
 // Shared memory of the staging ring: per stage, dy and s of every thread's chunks plus
 // one rstd per thread.
@@ -142,8 +158,7 @@ inline BwdLaunch choose_bwd_launch(int64_t hidden, int elem_bytes, bool vector_o
     if (cluster > max_cluster) {
       l.tiles = static_cast<int>(bwd_row_tiles(units, l.vec));
       if (l.tiles <= kMaxResidentBwdCtas) {
-        l.kernel = FwdKernel::kRowTiles;
-        l.chunks = bwd_row_tile_chunks(l.vec);
+        use_row_tiles(l, units);
         return l;
       }
       l.kernel = FwdKernel::kStreaming;  // rows too long for one wave of tiles
@@ -168,11 +183,7 @@ inline BwdLaunch choose_bwd_launch(int64_t hidden, int elem_bytes, bool vector_o
 inline int64_t bwd_ctas_per_weight_row(int64_t rows_per_weight, int64_t hidden, int elem_bytes) {
   if (rows_per_weight <= 0 || hidden <= 0) return 1;
   const BwdLaunch l = choose_bwd_launch(hidden, elem_bytes, hidden % (16 / elem_bytes) == 0);
-  if (l.kernel == FwdKernel::kRowTiles) {
-    // One partial row per lane, plus one row in which the CTAs exchange their row sums.
-    const int64_t lanes = kMaxResidentBwdCtas / l.tiles;
-    return (rows_per_weight < lanes ? rows_per_weight : lanes) + 1;
-  }
+  if (l.kernel == FwdKernel::kRowTiles) return bwd_row_tile_partials(rows_per_weight, l.tiles);
   const int64_t row_groups = ceil_div(rows_per_weight, l.block / l.threads_per_row);
   // Two register-kernel CTAs are resident per SM: a grid of 2 x SMs runs in one wave.
   // With clusters, a "CTA" here is a cluster (one partial row).
