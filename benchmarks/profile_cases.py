@@ -2,7 +2,8 @@
 
     python benchmarks/profile_cases.py forward:16384x4096 backward:262144x128:bfloat16
 
-Each case is op:ROWSxHIDDEN[:dtype], op one of forward, residual, backward.
+Each case is op:ROWSxHIDDEN[:dtype], op one of forward, residual, backward, or
+xla-forward / xla-residual (the jitted jnp reference, to profile XLA's kernels beside ours).
 gpu_session.sh runs it under `ncu` when NCU_CASES is set.
 """
 
@@ -23,7 +24,11 @@ def run_case(spec):
   rng = np.random.default_rng(0)
   x, other = (jnp.asarray(rng.standard_normal((rows, hidden)).astype(dtype)) for _ in range(2))
   w = jnp.asarray(rng.standard_normal(hidden).astype(np.float32))
-  if op == "forward":
+  if op == "xla-forward":
+    fn, args = jax.jit(jax_rmsnorm.reference.rms_norm), (x, w)
+  elif op == "xla-residual":
+    fn, args = jax.jit(jax_rmsnorm.reference.rms_norm_residual), (x, other, w)
+  elif op == "forward":
     fn, args = jax.jit(jax_rmsnorm.rms_norm), (x, w)
   elif op == "residual":
     fn, args = jax.jit(jax_rmsnorm.rms_norm_residual), (x, other, w)
