@@ -8,7 +8,7 @@
 //
 // A case is op:ROWSxHIDDEN[:dtype][:key=value,...]; op is fwd, res (fused residual) or
 // bwd; dtype bf16 (default), f16 or f32 (the weight is float32). Keys override the
-// chooser's launch: fwd/res tpr, chunks, block, cluster, streaming=1 (and the options
+// chooser's launch: fwd/res tpr, chunks, block, cluster, split, streaming=1 (and the options
 // f32y=1: y in float32, hf=1: the HF order); bwd tpr, chunks,
 // block, cluster, stages, ctas, streaming=1, tiles=1 (the row-tile kernel); both offset=K (row buffers start K elements
 // past an aligned address). `copy` measures device-to-device copy bandwidth.
@@ -256,9 +256,9 @@ void report(const std::string& spec, const std::string& config, double us, doubl
 
 std::string fwd_config(const FwdLaunch& l) {
   char buf[128];
-  std::snprintf(buf, sizeof buf, "%s vec=%d tpr=%d chunks=%d block=%d cluster=%d grid=%ld",
+  std::snprintf(buf, sizeof buf, "%s vec=%d tpr=%d chunks=%d block=%d cluster=%d split=%d grid=%ld",
                 l.kernel == FwdKernel::kStreaming ? "streaming" : "registers", l.vec, l.threads_per_row,
-                l.chunks, l.block, l.cluster, long(l.grid));
+                l.chunks, l.block, l.cluster, l.split, long(l.grid));
   return buf;
 }
 
@@ -313,10 +313,11 @@ void run_forward(const std::string& spec, const Case& c, int reps) {
   l.chunks = int(c.get("chunks", l.chunks));
   l.block = int(c.get("block", l.block));
   l.cluster = int(c.get("cluster", l.cluster));
+  l.split = int(c.get("split", l.split));
   if (l.kernel == FwdKernel::kStreaming) {
     l.grid = c.rows;
-  } else if (l.cluster > 1) {
-    l.grid = c.rows * l.cluster;
+  } else if (l.cluster > 1 || l.split > 1) {
+    l.grid = c.rows * l.cluster * l.split;
   } else {
     l.grid = ceil_div(c.rows, l.block / l.threads_per_row);
   }

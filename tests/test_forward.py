@@ -35,7 +35,9 @@ def test_shapes(device, rng, hidden, leading, x_dtype, w_dtype, residual):
   run_forward(device, rng, leading + (hidden,), x_dtype, w_dtype, residual)
 
 
-@dtype_grid([(2, 3, 4096), (5, 4097), (33, 128), (4, 1), (3, 24576)])
+# (16, 8192) and (64, 2048): decode rows split over several CTAs (4 parts of two
+# accesses per thread; 2 parts), beside the one-CTA-per-row shapes.
+@dtype_grid([(2, 3, 4096), (5, 4097), (33, 128), (4, 1), (3, 24576), (16, 8192), (64, 2048)])
 def test_dtype_combinations(device, rng, shape, x_dtype, w_dtype, residual):
   run_forward(device, rng, shape, x_dtype, w_dtype, residual)
 

@@ -14,6 +14,7 @@ struct FwdLaunch {
   int chunks = 1;           // accesses per thread per row (kRegisters: the row lives in registers)
   int threads_per_row = 1;  // threads sharing a row inside one CTA (power of two)
   int cluster = 1;          // CTAs sharing one row through distributed shared memory
+  int split = 1;            // CTAs that each reduce the whole row and write 1/split of it
   int block = 1;            // threads per CTA
   int64_t grid = 0;         // CTAs
 };
@@ -24,13 +25,26 @@ struct FwdLaunch {
 // a cluster twice as large (benchmarks/NOTES.md, entry 5).
 constexpr int kMaxChunks = 4;
 constexpr int kTargetChunks = 4;
+constexpr int kWarp = 32;
 constexpr int kMinBlock = 256;         // short rows: several rows per CTA
 constexpr int kMaxBlock = 1024;        // the streaming kernels
 // The register-row forward's CTAs have at most 512 threads.
 constexpr int kRegistersBlock = 512;
+constexpr int kSmCount = 132;  // H100 and H200 SXM: sizes grids only, never correctness
 // Below this many 16-byte accesses in all (about 1 MB of bf16: decode, a few rows),
 // latency rules: one access per thread, as many threads per row as a CTA holds.
-constexpr int64_t kSmallProblemAccesses = int64_t{132} * kRegistersBlock;
+constexpr int64_t kSmallProblemAccesses = int64_t{kSmCount} * kRegistersBlock;
+// Few short rows (decode) leave most SMs idle, and one CTA's chain of dependent
+// instructions sets the time. Each row goes to `split` CTAs of at most kDecodeBlock
+// threads: each reads the whole row (the re-reads hit L2), reduces it and writes its
+// 1/split, so more SMs share the work. About 64 CTAs in all measured best (H200,
+// benchmarks/NOTES.md entry 16): 4 parts up to 16 rows, 2 up to 64, none beyond.
+constexpr int kDecodeBlock = 512;
+constexpr int64_t kDecodeCtas = 64;
+inline int decode_split(int64_t rows) {
+  if (rows * 4 <= kDecodeCtas) return 4;
+  return rows * 2 <= 2 * kDecodeCtas ? 2 : 1;
+}
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -47,7 +61,22 @@ inline FwdLaunch choose_fwd_launch(int64_t rows, int64_t hidden, int elem_bytes,
   FwdLaunch l;
   l.vec = vector_ok ? 16 / elem_bytes : 1;
   const int64_t units = ceil_div(hidden, l.vec);  // accesses per row
-  const int target = rows * units <= kSmallProblemAccesses ? 1 : kTargetChunks;
+  const bool small = rows * units <= kSmallProblemAccesses;
+  const int split = decode_split(rows);
+  if (small && split > 1 && units >= split * kWarp) {
+    // Every CTA holds the whole row, and each thread writes at most one access:
+    // ceil(units / split) <= threads_per_row, true for chunks <= split.
+    l.threads_per_row = next_pow2(units) < kDecodeBlock ? next_pow2(units) : kDecodeBlock;
+    const int64_t chunks = ceil_div(units, l.threads_per_row);
+    if (chunks <= split && chunks <= kMaxChunks) {
+      l.split = split;
+      l.chunks = next_pow2(chunks);
+      l.block = l.threads_per_row;
+      l.grid = rows * l.split;
+      return l;
+    }
+  }
+  const int target = small ? 1 : kTargetChunks;
   l.threads_per_row = next_pow2(ceil_div(units, target));
   if (l.threads_per_row > kRegistersBlock) l.threads_per_row = kRegistersBlock;
   const int64_t chunks = ceil_div(units, l.threads_per_row);
@@ -88,7 +117,6 @@ constexpr int kBwdBlock = 256;
 constexpr int kBwdStages = 2;
 // Ring bytes per CTA: with the float weight row (at most 32 KB) two CTAs fit an SM.
 constexpr int64_t kBwdStagingBudget = 72 << 10;
-constexpr int kSmCount = 132;                  // H100; only sizes the persistent grid
 constexpr int64_t kPartialBudgetBytes = 8 << 20;  // dweight partials: small beside the rows
 
 struct BwdLaunch {

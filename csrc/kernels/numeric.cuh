@@ -45,19 +45,6 @@ __device__ __forceinline__ Packed<T, N> load_packed(const T* p) {
   return v;
 }
 
-template <typename T>
-__device__ __forceinline__ unsigned int element_bits(T v) {
-  if constexpr (sizeof(T) == 4) {
-    unsigned int u;
-    memcpy(&u, &v, 4);
-    return u;
-  } else {
-    unsigned short u;
-    memcpy(&u, &v, 2);
-    return u;
-  }
-}
-
 // Stores (global memory only) assemble the 32-bit words and store them with one
 // instruction: given the struct, or even a uint4, the compiler split 16-byte stores
 // into four 4-byte ones.
@@ -77,13 +64,8 @@ __device__ __forceinline__ void store_packed(T* p, const Packed<T, N>& v) {
   } else if constexpr (kWords == 0) {
     *p = v.v[0];
   } else {
-    constexpr int kPerWord = 4 / sizeof(T);
     unsigned int w[kWords];
-#pragma unroll
-    for (int k = 0; k < kWords; ++k) {
-      w[k] = element_bits(v.v[k * kPerWord]);
-      if constexpr (kPerWord == 2) w[k] |= element_bits(v.v[k * kPerWord + 1]) << 16;
-    }
+    memcpy(w, &v, sizeof(w));
     if constexpr (kWords == 4) {
       asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(p), "r"(w[0]), "r"(w[1]), "r"(w[2]),
                    "r"(w[3])

@@ -3,9 +3,10 @@
 
 #include <cooperative_groups.h>
 
+#include "kernels/launch_config.h"
+
 namespace jax_rmsnorm {
 
-constexpr int kWarp = 32;
 constexpr int kMaxThreads = 1024;
 constexpr int kMaxCluster = 16;
 
@@ -35,16 +36,17 @@ __device__ __forceinline__ void arrive_cluster_started(int cluster_size) {
 __device__ __forceinline__ float row_sum(float v, int threads_per_row, int cluster_size,
                                          RowSumScratch& scratch, int parity = 0,
                                          bool first_row = true) {
-  const int width = threads_per_row < kWarp ? threads_per_row : kWarp;
-  for (int offset = width / 2; offset > 0; offset /= 2) {
-    v += __shfl_xor_sync(0xffffffffu, v, offset);
+  // Unrolled: the stages a row needs are predicated, not a loop of compares and branches.
+#pragma unroll
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) {
+    if (offset < threads_per_row) v += __shfl_xor_sync(0xffffffffu, v, offset);
   }
   if (threads_per_row > kWarp) {
     const int warp = threadIdx.x / kWarp;
     if (threadIdx.x % kWarp == 0) scratch.warp_sums[warp] = v;
     __syncthreads();
     const int warps_per_row = threads_per_row / kWarp;
-    const int first = warp - warp % warps_per_row;
+    const int first = warp & ~(warps_per_row - 1);  // a power of two: no integer division
     v = 0.f;
     for (int w = 0; w < warps_per_row; ++w) v += scratch.warp_sums[first + w];
   }

@@ -50,92 +50,145 @@ __device__ __forceinline__ Packed<O, VEC> normalize(const Packed<T, VEC>& s, flo
   return y;
 }
 
-__device__ __forceinline__ float inverse_rms(float sum_sq, const FwdProblem& p) {
-  return rsqrtf(sum_sq / static_cast<float>(p.hidden) + p.eps);
+// 1 / hidden comes from the host: a float division is a dozen instructions on the
+// decode kernels' critical path.
+__device__ __forceinline__ float inverse_rms(float sum_sq, float inv_hidden, float eps) {
+  return rsqrtf(sum_sq * inv_hidden + eps);
 }
 
 template <typename W>
 __device__ __forceinline__ const W* weight_row(const FwdProblem& p, int64_t row) {
   if (p.weight == nullptr) return nullptr;
-  return static_cast<const W*>(p.weight) + (row / p.rows_per_weight) * p.hidden;
+  const W* weight = static_cast<const W*>(p.weight);
+  // One weight row for all rows (the usual case) needs no 64-bit division.
+  return p.rows_per_weight >= p.rows ? weight : weight + (row / p.rows_per_weight) * p.hidden;
 }
 
-// Two 512-thread CTAs (or four of 256) per SM: at most 64 registers a thread.
-template <typename T, typename W, typename O, int VEC, int CHUNKS>
-__global__ void __launch_bounds__(kRegistersBlock, 2)
-    rms_norm_fwd_registers(FwdProblem p, int threads_per_row, int cluster) {
-  __shared__ RowSumScratch scratch;
-  arrive_cluster_started(cluster);
-  const T* __restrict__ x = static_cast<const T*>(p.x);
-  const T* __restrict__ residual = static_cast<const T*>(p.residual);
+// Where a register-kernel thread's row and columns are. Every count is a power of two,
+// so the kernel shifts and masks instead of dividing.
+struct RowMap {
+  int tpr_log2 = 0;      // threads sharing a row inside one CTA
+  int cluster_log2 = 0;  // CTAs of a cluster sharing a row
+  int block_rows_log2 = 0;  // rows per CTA (neither clusters nor SPLIT)
+  int split_log2 = 0;    // CTAs that each reduce the row and write part of it (SPLIT)
+  int part_units = 0;    // accesses each of those writes: at most one per thread
+  float inv_hidden = 0.f;
+};
 
-  // Which row this thread works on, and its index among the row's threads.
-  int64_t row, lane, row_threads;
-  if (cluster > 1) {
-    row = blockIdx.x / cluster;
-    lane = int64_t(blockIdx.x % cluster) * blockDim.x + threadIdx.x;
-    row_threads = int64_t(cluster) * blockDim.x;
+// Two 512-thread CTAs (or four of 256) per SM: at most 64 registers a thread. SPLIT
+// kernels run one wave of few CTAs, so they may take more.
+template <typename T, typename W, typename O, int VEC, int CHUNKS, bool SPLIT>
+__global__ void __launch_bounds__(kRegistersBlock, SPLIT ? 1 : 2)
+    rms_norm_fwd_registers(FwdProblem p, RowMap m) {
+  __shared__ RowSumScratch scratch;
+  const int cluster = SPLIT ? 1 : 1 << m.cluster_log2;  // SPLIT: no cluster code at all
+  arrive_cluster_started(cluster);
+
+  // This thread's row, its index among the row's threads, and (SPLIT) the first
+  // access this CTA writes.
+  int64_t row;
+  int lane, row_threads, first_unit = 0;
+  if (SPLIT) {
+    row = blockIdx.x >> m.split_log2;
+    lane = threadIdx.x;
+    row_threads = blockDim.x;
+    first_unit = (blockIdx.x & ((1 << m.split_log2) - 1)) * m.part_units;
+  } else if (cluster > 1) {
+    row = blockIdx.x >> m.cluster_log2;
+    lane = (blockIdx.x & (cluster - 1)) * blockDim.x + threadIdx.x;
+    row_threads = cluster * blockDim.x;
   } else {
-    row = int64_t(blockIdx.x) * (blockDim.x / threads_per_row) + threadIdx.x / threads_per_row;
-    lane = threadIdx.x % threads_per_row;
-    row_threads = threads_per_row;
+    row = (int64_t(blockIdx.x) << m.block_rows_log2) + (threadIdx.x >> m.tpr_log2);
+    lane = threadIdx.x & ((1 << m.tpr_log2) - 1);
+    row_threads = 1 << m.tpr_log2;
   }
   const bool row_ok = row < p.rows;
   const int64_t offset = row * p.hidden;
-  auto column = [&](int c) { return (c * row_threads + lane) * VEC; };
+  const T* __restrict__ x = static_cast<const T*>(p.x) + offset;
+  const T* __restrict__ residual = p.residual != nullptr ? static_cast<const T*>(p.residual) + offset : nullptr;
+  // Columns fit 32 bits: a register row holds at most cluster x 512 x CHUNKS accesses.
+  auto unit = [&](int c) { return c * row_threads + lane; };
+  auto in_row = [&](int c) { return row_ok && unit(c) * VEC < p.hidden; };
+  // The accesses this thread writes: all of its row's, or (SPLIT) those of this CTA's part.
+  auto writes = [&](int c) {
+    return in_row(c) && (!SPLIT || static_cast<unsigned>(unit(c) - first_unit) < static_cast<unsigned>(m.part_units));
+  };
 
-  // Phase 1: the whole row into registers (all loads issued before any use).
+  // Phase 1: the whole row into registers, every load issued before any use: all x
+  // loads, then all residual loads, then the adds. Written interleaved (load, add, next
+  // load), the loads went out together only while the compiler split the loop on
+  // `residual`, and an unrelated change stopped it (benchmarks/NOTES.md, entry 16).
   Packed<T, VEC> s[CHUNKS];
 #pragma unroll
   for (int c = 0; c < CHUNKS; ++c) {
-    if (row_ok && column(c) < p.hidden) {
-      s[c] = load_packed<T, VEC>(x + offset + column(c));
-      if (residual != nullptr) add_residual(s[c], load_packed<T, VEC>(residual + offset + column(c)));
-    } else {
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) s[c].v[j] = from_float<T>(0.f);
-    }
+    s[c] = Packed<T, VEC>{};
+    if (in_row(c)) s[c] = load_packed<T, VEC>(x + unit(c) * VEC);
   }
-  // With one chunk (small problems: decode), the weights come in before the reduction,
-  // hiding their latency behind it; more chunks would not fit the register budget.
-  constexpr bool kEarlyWeight = CHUNKS == 1;
-  const W* weight = weight_row<W>(p, row);
-  float w[kEarlyWeight ? CHUNKS : 1][VEC];
-  if (kEarlyWeight) {
+  if (residual != nullptr) {
+    Packed<T, VEC> r[CHUNKS];
 #pragma unroll
-    for (int c = 0; c < (kEarlyWeight ? CHUNKS : 0); ++c) {
-      if (row_ok && column(c) < p.hidden) load_weight<VEC>(weight, column(c), w[c]);
+    for (int c = 0; c < CHUNKS; ++c) {
+      r[c] = Packed<T, VEC>{};
+      if (in_row(c)) r[c] = load_packed<T, VEC>(residual + unit(c) * VEC);
     }
+#pragma unroll
+    for (int c = 0; c < CHUNKS; ++c) add_residual(s[c], r[c]);
+  }
+  // A thread that writes one access at most (one chunk, or SPLIT: see choose_fwd_launch)
+  // loads its weights before the reduction, hiding their latency behind it; more chunks'
+  // weights would not fit the register budget.
+  constexpr bool kOneWrite = CHUNKS == 1 || SPLIT;
+  const W* weight = weight_row<W>(p, row);
+  Packed<T, VEC> mine = s[0];
+  int mine_col = -1;
+  float w[VEC];
+  if (kOneWrite) {
+#pragma unroll
+    for (int c = 0; c < CHUNKS; ++c) {
+      if (writes(c)) {
+        mine = s[c];
+        mine_col = unit(c) * VEC;
+      }
+    }
+    if (mine_col >= 0) load_weight<VEC>(weight, mine_col, w);
   }
   float sum_sq = 0.f;
 #pragma unroll
   for (int c = 0; c < CHUNKS; ++c) sum_sq += sum_of_squares(s[c]);
-  if (p.residual_out != nullptr && row_ok) {
+  if (p.residual_out != nullptr) {
+    T* residual_out = static_cast<T*>(p.residual_out) + offset;
+    if (kOneWrite) {
+      if (mine_col >= 0) store_packed(residual_out + mine_col, mine);
+    } else {
 #pragma unroll
-    for (int c = 0; c < CHUNKS; ++c) {
-      if (column(c) < p.hidden) store_packed(static_cast<T*>(p.residual_out) + offset + column(c), s[c]);
+      for (int c = 0; c < CHUNKS; ++c) {
+        if (writes(c)) store_packed(residual_out + unit(c) * VEC, s[c]);
+      }
     }
   }
 
   // Phase 2: one reduction, then scale and write the row.
-  const int reduce_threads = cluster > 1 ? int(blockDim.x) : threads_per_row;
-  const float rstd = inverse_rms(row_sum(sum_sq, reduce_threads, cluster, scratch), p);
+  const int reduce_threads = cluster > 1 ? int(blockDim.x) : row_threads;
+  const float rstd = inverse_rms(row_sum(sum_sq, reduce_threads, cluster, scratch), m.inv_hidden, p.eps);
   if (!row_ok) return;
-  if (p.rstd != nullptr && lane == 0) p.rstd[row] = rstd;
+  if (p.rstd != nullptr && lane == 0 && first_unit == 0) p.rstd[row] = rstd;
+  O* y = static_cast<O*>(p.y) + offset;
+  if (kOneWrite) {
+    if (mine_col >= 0) store_packed(y + mine_col, normalize<O>(mine, rstd, w, p.round_normalized));
+  } else {
 #pragma unroll
-  for (int c = 0; c < CHUNKS; ++c) {
-    if (column(c) < p.hidden) {
-      float late[VEC];
-      if (!kEarlyWeight) load_weight<VEC>(weight, column(c), late);
-      store_packed(static_cast<O*>(p.y) + offset + column(c),
-                   normalize<O>(s[c], rstd, kEarlyWeight ? w[kEarlyWeight ? c : 0] : late,
-                                p.round_normalized));
+    for (int c = 0; c < CHUNKS; ++c) {
+      if (writes(c)) {
+        float late[VEC];
+        load_weight<VEC>(weight, unit(c) * VEC, late);
+        store_packed(y + unit(c) * VEC, normalize<O>(s[c], rstd, late, p.round_normalized));
+      }
     }
   }
 }
 
 template <typename T, typename W, typename O, int VEC>
-__global__ void __launch_bounds__(kMaxBlock) rms_norm_fwd_streaming(FwdProblem p) {
+__global__ void __launch_bounds__(kMaxBlock) rms_norm_fwd_streaming(FwdProblem p, float inv_hidden) {
   __shared__ RowSumScratch scratch;
   const int64_t row = blockIdx.x;
   const int64_t offset = row * p.hidden;
@@ -151,7 +204,7 @@ __global__ void __launch_bounds__(kMaxBlock) rms_norm_fwd_streaming(FwdProblem p
     }
     sum_sq += sum_of_squares(s);
   }
-  const float rstd = inverse_rms(row_sum(sum_sq, blockDim.x, 1, scratch), p);
+  const float rstd = inverse_rms(row_sum(sum_sq, blockDim.x, 1, scratch), inv_hidden, p.eps);
   if (p.rstd != nullptr && threadIdx.x == 0) p.rstd[row] = rstd;
 
   // Second pass: with a residual, re-read the sum this same thread just stored.
@@ -165,22 +218,70 @@ __global__ void __launch_bounds__(kMaxBlock) rms_norm_fwd_streaming(FwdProblem p
   }
 }
 
+int log2_of(int64_t v) {
+  int k = 0;
+  while ((int64_t{1} << k) < v) ++k;
+  return k;
+}
+
+bool is_pow2(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
+
+// A launch must cover every element of every row, once: checked before it runs, because
+// kernel_sweep passes launches of its own. Empty when it does.
+std::string check_launch(const FwdLaunch& l, int64_t rows, int64_t hidden, bool vector_ok) {
+  if (l.vec != 1 && !vector_ok) return "vector launch for unaligned buffers";
+  if (l.grid > 0x7fffffff) return "too many rows for one launch (grid exceeds 2^31-1 blocks)";
+  const int64_t units = ceil_div(hidden, l.vec);
+  if (l.kernel == FwdKernel::kStreaming) {
+    if (l.block < kWarp || l.block > kMaxBlock || !is_pow2(l.block) || l.grid != rows) return "bad streaming launch";
+    return {};
+  }
+  if (l.kernel != FwdKernel::kRegisters) return "no such forward kernel";
+  if (!is_pow2(l.threads_per_row) || !is_pow2(l.cluster) || !is_pow2(l.split) || !is_pow2(l.block) ||
+      l.block > kRegistersBlock || l.chunks > kMaxChunks || !is_pow2(l.chunks) || l.cluster > kMaxCluster) {
+    return "register launch: counts must be powers of two within the kernel's limits";
+  }
+  if (l.cluster > 1 && l.split > 1) return "register launch: a row is shared by a cluster or split, not both";
+  const int64_t row_threads = l.cluster > 1 ? int64_t{l.cluster} * l.block : l.threads_per_row;
+  if ((l.cluster > 1 || l.split > 1) && l.threads_per_row != l.block) return "register launch: one row per CTA";
+  if (l.threads_per_row > l.block || (l.threads_per_row > kWarp && l.threads_per_row % kWarp != 0)) {
+    return "register launch: threads_per_row must divide the block";
+  }
+  if (units > row_threads * l.chunks) return "register launch: the row does not fit its threads' registers";
+  if (l.split > 1 && ceil_div(units, l.split) > l.threads_per_row) {
+    return "split launch: a thread would write more than one access";
+  }
+  const int64_t grid = l.cluster > 1 || l.split > 1 ? rows * l.cluster * l.split
+                                                    : ceil_div(rows, l.block / l.threads_per_row);
+  if (l.grid != grid) return "register launch: grid does not match rows";
+  return {};
+}
+
 template <typename T, typename W, typename O, int VEC>
-cudaError_t launch_registers(const FwdProblem& p, const FwdLaunch& l, cudaStream_t stream) {
+cudaError_t launch_registers(const FwdProblem& p, const FwdLaunch& l, float inv_hidden, cudaStream_t stream) {
+  RowMap m;
+  m.tpr_log2 = log2_of(l.threads_per_row);
+  m.cluster_log2 = log2_of(l.cluster);
+  m.block_rows_log2 = log2_of(l.block / l.threads_per_row);
+  m.split_log2 = log2_of(l.split);
+  m.part_units = static_cast<int>(ceil_div(ceil_div(p.hidden, VEC), l.split));
+  m.inv_hidden = inv_hidden;
   return dispatch_chunks<kMaxChunks>(l.chunks, [&](auto chunks) {
-    return launch(rms_norm_fwd_registers<T, W, O, VEC, decltype(chunks)::value>,
-                  dim3(static_cast<unsigned>(l.grid)), dim3(l.block), 0, l.cluster, stream, p,
-                  l.threads_per_row, l.cluster);
+    constexpr int kChunks = decltype(chunks)::value;
+    auto kernel = l.split > 1 ? rms_norm_fwd_registers<T, W, O, VEC, kChunks, true>
+                              : rms_norm_fwd_registers<T, W, O, VEC, kChunks, false>;
+    return launch(kernel, dim3(static_cast<unsigned>(l.grid)), dim3(l.block), 0, l.cluster, stream, p, m);
   });
 }
 
 template <typename T, typename W, typename O, int VEC>
 cudaError_t launch_vec(const FwdProblem& p, const FwdLaunch& l, cudaStream_t stream) {
+  const float inv_hidden = static_cast<float>(1.0 / static_cast<double>(p.hidden));
   if (l.kernel == FwdKernel::kStreaming) {
     return launch(rms_norm_fwd_streaming<T, W, O, VEC>, dim3(static_cast<unsigned>(l.grid)),
-                  dim3(l.block), 0, 1, stream, p);
+                  dim3(l.block), 0, 1, stream, p, inv_hidden);
   }
-  return launch_registers<T, W, O, VEC>(p, l, stream);
+  return launch_registers<T, W, O, VEC>(p, l, inv_hidden, stream);
 }
 
 }  // namespace
@@ -197,8 +298,8 @@ std::string rms_norm_fwd_cuda(const FwdProblem& p, cudaStream_t stream, const Fw
   const FwdLaunch l = chosen != nullptr
                           ? *chosen
                           : choose_fwd_launch(p.rows, p.hidden, elem_bytes, vector_ok, max_cluster_size());
-  if (l.vec != 1 && !vector_ok) return "vector launch for unaligned buffers";
-  if (l.grid > 0x7fffffff) return "too many rows for one launch (grid exceeds 2^31-1 blocks)";
+  const std::string bad = check_launch(l, p.rows, p.hidden, vector_ok);
+  if (!bad.empty()) return bad;
 
   const cudaError_t err = dispatch_dtypes<CudaTypes>(p.x_dtype, p.weight_dtype, [&](auto x_tag, auto w_tag) {
     using T = typename decltype(x_tag)::type;
