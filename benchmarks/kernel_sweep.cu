@@ -314,13 +314,7 @@ void run_forward(const std::string& spec, const Case& c, int reps) {
   l.block = int(c.get("block", l.block));
   l.cluster = int(c.get("cluster", l.cluster));
   l.split = int(c.get("split", l.split));
-  if (l.kernel == FwdKernel::kStreaming) {
-    l.grid = c.rows;
-  } else if (l.cluster > 1 || l.split > 1) {
-    l.grid = c.rows * l.cluster * l.split;
-  } else {
-    l.grid = ceil_div(c.rows, l.block / l.threads_per_row);
-  }
+  l.grid = fwd_grid(l, c.rows);
 
   // Check set 0 against the CPU kernel.
   std::string err = rms_norm_fwd_cuda(problems[0], 0, &l);

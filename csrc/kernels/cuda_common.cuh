@@ -44,17 +44,21 @@ inline int max_cluster_size() {
   return value;
 }
 
+// Dynamic shared memory beyond the default 48 KB must be opted into, per kernel.
+template <typename Kernel>
+cudaError_t allow_shared_memory(Kernel kernel, size_t smem) {
+  if (smem <= (48 << 10)) return cudaSuccess;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+}
+
 // One launch path for every kernel: cluster dimension, cooperative launch (every CTA
-// resident at once, for kernels whose CTAs wait on each other), dynamic shared memory beyond the default 48 KB
-// and clusters beyond the portable 8 are opted into here.
+// resident at once, for kernels whose CTAs wait on each other), dynamic shared memory
+// beyond the default 48 KB and clusters beyond the portable 8 are opted into here.
 template <typename Kernel, typename... Args>
 cudaError_t launch_with(Kernel kernel, dim3 grid, dim3 block, size_t smem, int cluster, bool cooperative,
                         cudaStream_t stream, Args... args) {
-  if (smem > (48 << 10)) {
-    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               static_cast<int>(smem));
-    if (e != cudaSuccess) return e;
-  }
+  const cudaError_t opted_in = allow_shared_memory(kernel, smem);
+  if (opted_in != cudaSuccess) return opted_in;
   if (cluster > 8) {
     const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
     if (e != cudaSuccess) return e;
@@ -99,10 +103,7 @@ int64_t resident_ctas(int block, size_t smem) {
   int64_t value = cached[device].load(std::memory_order_relaxed);
   if (value == 0) {
     int per_sm = 0, sms = 0;
-    if (smem > (48 << 10) && cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                   static_cast<int>(smem)) != cudaSuccess) {
-      return 0;
-    }
+    if (allow_shared_memory(Kernel, smem) != cudaSuccess) return 0;
     if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, Kernel, block, smem) != cudaSuccess ||
         cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
       return 0;

@@ -54,6 +54,14 @@ inline int next_pow2(int64_t v) {
   return p;
 }
 
+// CTAs a forward launch takes for `rows`: one a row (streaming), `cluster` or `split` a
+// row, else block / threads_per_row rows to a CTA.
+inline int64_t fwd_grid(const FwdLaunch& l, int64_t rows) {
+  if (l.kernel == FwdKernel::kStreaming) return rows;
+  if (l.cluster > 1 || l.split > 1) return rows * l.cluster * l.split;
+  return ceil_div(rows, l.block / l.threads_per_row);
+}
+
 // `vector_ok`: every pointer is 16-byte aligned and hidden is a multiple of the
 // vector width. `max_cluster`: 8 on sm_90 and newer (portable cluster size), else 1.
 inline FwdLaunch choose_fwd_launch(int64_t rows, int64_t hidden, int elem_bytes,
@@ -72,7 +80,7 @@ inline FwdLaunch choose_fwd_launch(int64_t rows, int64_t hidden, int elem_bytes,
       l.split = split;
       l.chunks = next_pow2(chunks);
       l.block = l.threads_per_row;
-      l.grid = rows * l.split;
+      l.grid = fwd_grid(l, rows);
       return l;
     }
   }
@@ -83,7 +91,7 @@ inline FwdLaunch choose_fwd_launch(int64_t rows, int64_t hidden, int elem_bytes,
   if (chunks <= kMaxChunks) {
     l.chunks = next_pow2(chunks);
     l.block = l.threads_per_row > kMinBlock ? l.threads_per_row : kMinBlock;
-    l.grid = ceil_div(rows, l.block / l.threads_per_row);
+    l.grid = fwd_grid(l, rows);
     return l;
   }
   // Long rows: split each row over a cluster of full CTAs, still one read per element.
@@ -92,7 +100,7 @@ inline FwdLaunch choose_fwd_launch(int64_t rows, int64_t hidden, int elem_bytes,
     l.cluster = cluster;
     l.block = kRegistersBlock;
     l.chunks = next_pow2(ceil_div(units, int64_t{kRegistersBlock} * cluster));
-    l.grid = rows * cluster;
+    l.grid = fwd_grid(l, rows);
     return l;
   }
   // Rows longer than a cluster holds: two passes over the row (the second mostly from L2).
@@ -100,7 +108,7 @@ inline FwdLaunch choose_fwd_launch(int64_t rows, int64_t hidden, int elem_bytes,
   l.block = kMaxBlock;
   l.threads_per_row = kMaxBlock;
   l.chunks = 1;
-  l.grid = rows;
+  l.grid = fwd_grid(l, rows);
   return l;
 }
 

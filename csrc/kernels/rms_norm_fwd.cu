@@ -233,7 +233,9 @@ std::string check_launch(const FwdLaunch& l, int64_t rows, int64_t hidden, bool 
   if (l.grid > 0x7fffffff) return "too many rows for one launch (grid exceeds 2^31-1 blocks)";
   const int64_t units = ceil_div(hidden, l.vec);
   if (l.kernel == FwdKernel::kStreaming) {
-    if (l.block < kWarp || l.block > kMaxBlock || !is_pow2(l.block) || l.grid != rows) return "bad streaming launch";
+    if (l.block < kWarp || l.block > kMaxBlock || !is_pow2(l.block) || l.grid != fwd_grid(l, rows)) {
+      return "bad streaming launch";
+    }
     return {};
   }
   if (l.kernel != FwdKernel::kRegisters) return "no such forward kernel";
@@ -244,16 +246,12 @@ std::string check_launch(const FwdLaunch& l, int64_t rows, int64_t hidden, bool 
   if (l.cluster > 1 && l.split > 1) return "register launch: a row is shared by a cluster or split, not both";
   const int64_t row_threads = l.cluster > 1 ? int64_t{l.cluster} * l.block : l.threads_per_row;
   if ((l.cluster > 1 || l.split > 1) && l.threads_per_row != l.block) return "register launch: one row per CTA";
-  if (l.threads_per_row > l.block || (l.threads_per_row > kWarp && l.threads_per_row % kWarp != 0)) {
-    return "register launch: threads_per_row must divide the block";
-  }
+  if (l.threads_per_row > l.block) return "register launch: threads_per_row must divide the block";
   if (units > row_threads * l.chunks) return "register launch: the row does not fit its threads' registers";
   if (l.split > 1 && ceil_div(units, l.split) > l.threads_per_row) {
     return "split launch: a thread would write more than one access";
   }
-  const int64_t grid = l.cluster > 1 || l.split > 1 ? rows * l.cluster * l.split
-                                                    : ceil_div(rows, l.block / l.threads_per_row);
-  if (l.grid != grid) return "register launch: grid does not match rows";
+  if (l.grid != fwd_grid(l, rows)) return "register launch: grid does not match rows";
   return {};
 }
 
