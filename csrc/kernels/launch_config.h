@@ -180,9 +180,13 @@ inline BwdLaunch choose_bwd_launch(int64_t hidden, int elem_bytes, bool vector_o
   BwdLaunch l;
   l.vec = vector_ok ? 16 / elem_bytes : 1;
   const int64_t units = ceil_div(hidden, l.vec);
-  // Short rows take fewer chunks per thread (more threads per row): measured at H = 128,
-  // 1 chunk 85% of copy bandwidth vs 77% at 4; at H = 1024, 2 chunks 72% vs 70%.
-  const int target = units <= 64 ? 1 : (units <= 256 ? 2 : kTargetChunks);
+  // Four chunks per thread, short rows too (several rows then share a warp): each row
+  // costs a reduction (above a warp, a barrier), so more bytes per row go faster. H200,
+  // bf16 (benchmarks/NOTES.md, entry 17), against the 1-2 chunks chosen on the H100 with
+  // older code (entry 7): 65536 x 2048 254 -> 208 us, 16384 x 1024 40.9 -> 36.4, 16384 x
+  // 512 29.2 -> 23.4. Rows of 16 accesses or fewer take 2: 262144 x 128 58.6 us against
+  // 63.5 at 4 chunks and 68.0 at 1.
+  const int target = units <= 16 ? 2 : kTargetChunks;
   l.threads_per_row = next_pow2(ceil_div(units, target));
   if (l.threads_per_row > kBwdBlock) l.threads_per_row = kBwdBlock;
   l.block = kBwdBlock;

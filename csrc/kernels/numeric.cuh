@@ -37,12 +37,43 @@ template <> struct MachineWord<4> { using type = unsigned int; };
 template <> struct MachineWord<2> { using type = unsigned short; };
 
 template <typename T, int N>
-__device__ __forceinline__ Packed<T, N> load_packed(const T* p) {
-  using Word = typename MachineWord<sizeof(Packed<T, N>)>::type;
-  const Word word = *reinterpret_cast<const Word*>(p);
+using WordOf = typename MachineWord<sizeof(Packed<T, N>)>::type;
+
+// A load kept as its machine word: nothing waits on it until it is unpacked.
+template <typename T, int N>
+__device__ __forceinline__ WordOf<T, N> load_word(const T* p) {
+  return *reinterpret_cast<const WordOf<T, N>*>(p);
+}
+
+// load_word, or zeros when !ok. A 16-byte word comes from one predicated load whose
+// outputs are 32-bit words: written as a select, the compiler merged it into the 16-bit
+// halves as soon as the load returned, so that code waited for the load before any
+// later load could be issued (benchmarks/NOTES.md, entry 17).
+template <typename T, int N>
+__device__ __forceinline__ WordOf<T, N> load_word_or_zero(const T* p, bool ok) {
+  if constexpr (sizeof(WordOf<T, N>) == 16) {
+    uint4 w;
+    asm("{\n .reg .pred ok;\n setp.ne.b32 ok, %4, 0;\n"
+        " mov.b32 %0, 0;\n mov.b32 %1, 0;\n mov.b32 %2, 0;\n mov.b32 %3, 0;\n"
+        " @ok ld.global.v4.u32 {%0, %1, %2, %3}, [%5];\n}\n"
+        : "=r"(w.x), "=r"(w.y), "=r"(w.z), "=r"(w.w)
+        : "r"(int(ok)), "l"(p));
+    return w;
+  } else {
+    return ok ? load_word<T, N>(p) : WordOf<T, N>{};
+  }
+}
+
+template <typename T, int N>
+__device__ __forceinline__ Packed<T, N> unpack(const WordOf<T, N>& word) {
   Packed<T, N> v;
   memcpy(&v, &word, sizeof(word));
   return v;
+}
+
+template <typename T, int N>
+__device__ __forceinline__ Packed<T, N> load_packed(const T* p) {
+  return unpack<T, N>(load_word<T, N>(p));
 }
 
 // Stores (global memory only) assemble the 32-bit words and store them with one

@@ -11,8 +11,10 @@ constexpr int kMaxThreads = 1024;
 constexpr int kMaxCluster = 16;
 
 // Shared memory the reduction needs; one per block.
+// Both are double-buffered by row parity, so a kernel reducing rows in turn needs no
+// barrier between one row's reads and the next row's writes.
 struct RowSumScratch {
-  float warp_sums[kMaxThreads / kWarp];
+  float warp_sums[2][kMaxThreads / kWarp];
   float cluster_sums[2][kMaxCluster];  // written by the cluster's CTAs: [row parity][rank]
 };
 
@@ -28,8 +30,10 @@ __device__ __forceinline__ void arrive_cluster_started(int cluster_size) {
 // Sums `v` over the `threads_per_row` consecutive threads of a row (a power of two;
 // rows never straddle a warp unless they own whole warps), then, when
 // `cluster_size` > 1, over the CTAs of the thread-block cluster that shares the row
-// (then the kernel must have called arrive_cluster_started; a kernel that reduces several
-// rows in turn passes each row's parity, and `first_row` only for its first).
+// (then the kernel must have called arrive_cluster_started). A kernel that reduces several
+// rows in turn passes each row's parity (and, with clusters, `first_row` only for its
+// first): row k + 2 rewrites row k's slots only after row k + 1's barrier, which every
+// thread reaches after reading row k's.
 // Every thread of the block must call it. All threads of a row get the same bits:
 // the xor butterfly adds each pair in both lanes in the same (commutative) way and
 // the later stages read partial sums in a fixed order, so results are deterministic.
@@ -43,12 +47,13 @@ __device__ __forceinline__ float row_sum(float v, int threads_per_row, int clust
   }
   if (threads_per_row > kWarp) {
     const int warp = threadIdx.x / kWarp;
-    if (threadIdx.x % kWarp == 0) scratch.warp_sums[warp] = v;
+    float* sums = scratch.warp_sums[parity];
+    if (threadIdx.x % kWarp == 0) sums[warp] = v;
     __syncthreads();
     const int warps_per_row = threads_per_row / kWarp;
     const int first = warp & ~(warps_per_row - 1);  // a power of two: no integer division
     v = 0.f;
-    for (int w = 0; w < warps_per_row; ++w) v += scratch.warp_sums[first + w];
+    for (int w = 0; w < warps_per_row; ++w) v += sums[first + w];
   }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if (cluster_size > 1) {

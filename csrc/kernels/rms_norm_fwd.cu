@@ -114,43 +114,45 @@ __global__ void __launch_bounds__(kRegistersBlock, SPLIT ? 1 : 2)
     return in_row(c) && (!SPLIT || static_cast<unsigned>(unit(c) - first_unit) < static_cast<unsigned>(m.part_units));
   };
 
-  // Phase 1: the whole row into registers, every load issued before any use: all x
-  // loads, then all residual loads, then the adds. Written interleaved (load, add, next
-  // load), the loads went out together only while the compiler split the loop on
-  // `residual`, and an unrelated change stopped it (benchmarks/NOTES.md, entry 16).
-  Packed<T, VEC> s[CHUNKS];
-#pragma unroll
-  for (int c = 0; c < CHUNKS; ++c) {
-    s[c] = Packed<T, VEC>{};
-    if (in_row(c)) s[c] = load_packed<T, VEC>(x + unit(c) * VEC);
-  }
-  if (residual != nullptr) {
-    Packed<T, VEC> r[CHUNKS];
-#pragma unroll
-    for (int c = 0; c < CHUNKS; ++c) {
-      r[c] = Packed<T, VEC>{};
-      if (in_row(c)) r[c] = load_packed<T, VEC>(residual + unit(c) * VEC);
-    }
-#pragma unroll
-    for (int c = 0; c < CHUNKS; ++c) add_residual(s[c], r[c]);
-  }
   // A thread that writes one access at most (one chunk, or SPLIT: see choose_fwd_launch)
-  // loads its weights before the reduction, hiding their latency behind it; more chunks'
-  // weights would not fit the register budget.
+  // asks for its weights first, so they arrive with the row, not after it: placed after
+  // the row's loads, they waited for them (the unpacking below is scheduled before the
+  // weights' branches; benchmarks/NOTES.md, entry 17). More chunks' weights would not
+  // fit the register budget; those are loaded as each access is written.
   constexpr bool kOneWrite = CHUNKS == 1 || SPLIT;
-  const W* weight = weight_row<W>(p, row);
-  Packed<T, VEC> mine = s[0];
   int mine_col = -1;
   float w[VEC];
   if (kOneWrite) {
 #pragma unroll
     for (int c = 0; c < CHUNKS; ++c) {
-      if (writes(c)) {
-        mine = s[c];
-        mine_col = unit(c) * VEC;
-      }
+      if (writes(c)) mine_col = unit(c) * VEC;
     }
-    if (mine_col >= 0) load_weight<VEC>(weight, mine_col, w);
+    if (mine_col >= 0) load_weight<VEC>(weight_row<W>(p, row), mine_col, w);
+  }
+  // Phase 1: the whole row into registers, every load issued before any use: all x
+  // loads, then all residual loads, then the unpacking and the adds. Written
+  // interleaved (load, add, next load), the loads went out together only while the
+  // compiler split the loop on `residual` (benchmarks/NOTES.md, entry 16).
+  WordOf<T, VEC> x_words[CHUNKS], r_words[CHUNKS];
+#pragma unroll
+  for (int c = 0; c < CHUNKS; ++c) x_words[c] = load_word_or_zero<T, VEC>(x + unit(c) * VEC, in_row(c));
+  if (residual != nullptr) {
+#pragma unroll
+    for (int c = 0; c < CHUNKS; ++c) r_words[c] = load_word_or_zero<T, VEC>(residual + unit(c) * VEC, in_row(c));
+  }
+  Packed<T, VEC> s[CHUNKS];
+#pragma unroll
+  for (int c = 0; c < CHUNKS; ++c) s[c] = unpack<T, VEC>(x_words[c]);
+  if (residual != nullptr) {
+#pragma unroll
+    for (int c = 0; c < CHUNKS; ++c) add_residual(s[c], unpack<T, VEC>(r_words[c]));
+  }
+  Packed<T, VEC> mine = s[0];
+  if (kOneWrite) {
+#pragma unroll
+    for (int c = 0; c < CHUNKS; ++c) {
+      if (writes(c)) mine = s[c];
+    }
   }
   float sum_sq = 0.f;
 #pragma unroll
@@ -176,6 +178,7 @@ __global__ void __launch_bounds__(kRegistersBlock, SPLIT ? 1 : 2)
   if (kOneWrite) {
     if (mine_col >= 0) store_packed(y + mine_col, normalize<O>(mine, rstd, w, p.round_normalized));
   } else {
+    const W* weight = weight_row<W>(p, row);
 #pragma unroll
     for (int c = 0; c < CHUNKS; ++c) {
       if (writes(c)) {
