@@ -48,11 +48,14 @@ inline int decode_split(int64_t rows) {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-inline int next_pow2(int64_t v) {
-  int p = 1;
-  while (p < v) p *= 2;
-  return p;
+// The smallest k with 2^k >= v (0 for v <= 1), and that power of two.
+inline int ceil_log2(int64_t v) {
+  int k = 0;
+  while ((int64_t{1} << k) < v) ++k;
+  return k;
 }
+
+inline int next_pow2(int64_t v) { return 1 << ceil_log2(v); }
 
 // CTAs a forward launch takes for `rows`: one a row (streaming), `cluster` or `split` a
 // row, else block / threads_per_row rows to a CTA.

@@ -221,12 +221,6 @@ __global__ void __launch_bounds__(kMaxBlock) rms_norm_fwd_streaming(FwdProblem p
   }
 }
 
-int log2_of(int64_t v) {
-  int k = 0;
-  while ((int64_t{1} << k) < v) ++k;
-  return k;
-}
-
 bool is_pow2(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
 
 // A launch must cover every element of every row, once: checked before it runs, because
@@ -261,10 +255,10 @@ std::string check_launch(const FwdLaunch& l, int64_t rows, int64_t hidden, bool 
 template <typename T, typename W, typename O, int VEC>
 cudaError_t launch_registers(const FwdProblem& p, const FwdLaunch& l, float inv_hidden, cudaStream_t stream) {
   RowMap m;
-  m.tpr_log2 = log2_of(l.threads_per_row);
-  m.cluster_log2 = log2_of(l.cluster);
-  m.block_rows_log2 = log2_of(l.block / l.threads_per_row);
-  m.split_log2 = log2_of(l.split);
+  m.tpr_log2 = ceil_log2(l.threads_per_row);
+  m.cluster_log2 = ceil_log2(l.cluster);
+  m.block_rows_log2 = ceil_log2(l.block / l.threads_per_row);
+  m.split_log2 = ceil_log2(l.split);
   m.part_units = static_cast<int>(ceil_div(ceil_div(p.hidden, VEC), l.split));
   m.inv_hidden = inv_hidden;
   return dispatch_chunks<kMaxChunks>(l.chunks, [&](auto chunks) {
