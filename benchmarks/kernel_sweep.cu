@@ -8,7 +8,7 @@
 //
 // A case is op:ROWSxHIDDEN[:dtype][:key=value,...]; op is fwd, res (fused residual) or
 // bwd; dtype bf16 (default), f16 or f32 (the weight is float32). Keys override the
-// chooser's launch: fwd/res tpr, chunks, block, cluster, split, streaming=1 (and the options
+// chooser's launch: fwd/res tpr, chunks, block, cluster, split, streaming=1, registers=1 (and the options
 // f32y=1: y in float32, hf=1: the HF order); bwd tpr, chunks,
 // block, cluster, stages, ctas, streaming=1, tiles=1 (the row-tile kernel); both offset=K (row buffers start K elements
 // past an aligned address). `copy` measures device-to-device copy bandwidth.
@@ -309,6 +309,7 @@ void run_forward(const std::string& spec, const Case& c, int reps) {
     l.block = l.threads_per_row = kMaxBlock;
     l.chunks = l.cluster = 1;
   }
+  if (c.get("registers", 0)) l.kernel = FwdKernel::kRegisters;  // rows the chooser streams
   l.threads_per_row = int(c.get("tpr", l.threads_per_row));
   l.chunks = int(c.get("chunks", l.chunks));
   l.block = int(c.get("block", l.block));

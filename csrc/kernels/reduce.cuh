@@ -1,8 +1,6 @@
 // The one row reduction every kernel uses.
 #pragma once
 
-#include <cooperative_groups.h>
-
 #include "kernels/launch_config.h"
 
 namespace jax_rmsnorm {
@@ -11,35 +9,63 @@ constexpr int kMaxThreads = 1024;
 constexpr int kMaxCluster = 16;
 
 // Shared memory the reduction needs; one per block.
-// Both are double-buffered by row parity, so a kernel reducing rows in turn needs no
+// Both sums are double-buffered by row parity, so a kernel reducing rows in turn needs no
 // barrier between one row's reads and the next row's writes.
 struct RowSumScratch {
   float warp_sums[2][kMaxThreads / kWarp];
   float cluster_sums[2][kMaxCluster];  // written by the cluster's CTAs: [row parity][rank]
+  // [row parity]: a phase completes when every CTA's sum for that row has landed.
+  unsigned long long cluster_arrived[2];
 };
 
-// A CTA may write a peer's shared memory only once every CTA of the cluster runs. The
-// kernels that share rows over a cluster arrive at that barrier first thing, so the
-// wait in row_sum finds it complete: its latency hides behind the row's loads.
-__device__ __forceinline__ void arrive_cluster_started(int cluster_size) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if (cluster_size > 1) asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+__device__ __forceinline__ unsigned shared_address(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
+// Blocks until the phase of `parity` of the mbarrier at `barrier` completes.
+__device__ __forceinline__ void wait_mbarrier_phase(unsigned barrier, int parity) {
+  asm volatile(
+      "{\n .reg .pred done;\n"
+      "MBARRIER_WAIT:\n"
+      " mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      " @!done bra.uni MBARRIER_WAIT;\n}\n" ::"r"(barrier), "r"(parity)
+      : "memory");
+}
+#endif
+
+// A cluster that shares rows sets up the mbarriers its CTAs' sums land on, and arrives
+// at the cluster barrier that row_sum waits on before the first remote write (a CTA may
+// write a peer's shared memory only once every CTA of the cluster runs). Called first
+// thing, so the wait finds the barrier complete: its latency hides behind the row's loads.
+__device__ __forceinline__ void start_cluster(RowSumScratch& scratch, int cluster_size) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (cluster_size <= 1) return;
+  if (threadIdx.x == 0) {
+    for (int parity = 0; parity < 2; ++parity) {
+      asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(shared_address(&scratch.cluster_arrived[parity]))
+                   : "memory");
+    }
+    // Makes the inits visible to the peers that pass the relaxed barrier below.
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
 #endif
 }
 
 // Sums `v` over the `threads_per_row` consecutive threads of a row (a power of two;
 // rows never straddle a warp unless they own whole warps), then, when
 // `cluster_size` > 1, over the CTAs of the thread-block cluster that shares the row
-// (then the kernel must have called arrive_cluster_started). A kernel that reduces several
-// rows in turn passes each row's parity (and, with clusters, `first_row` only for its
-// first): row k + 2 rewrites row k's slots only after row k + 1's barrier, which every
-// thread reaches after reading row k's.
+// (then the kernel must have called start_cluster). A kernel that reduces several rows in
+// turn passes each row's `step` (0, 1, 2, ...; every thread of a cluster reduces the
+// same rows): the scratch alternates by its parity. Row k + 2 rewrites row k's warp
+// slots only after row k + 1's barrier, which every thread reaches after reading row k's.
 // Every thread of the block must call it. All threads of a row get the same bits:
 // the xor butterfly adds each pair in both lanes in the same (commutative) way and
 // the later stages read partial sums in a fixed order, so results are deterministic.
 __device__ __forceinline__ float row_sum(float v, int threads_per_row, int cluster_size,
-                                         RowSumScratch& scratch, int parity = 0,
-                                         bool first_row = true) {
+                                         RowSumScratch& scratch, int step = 0) {
+  const int parity = step & 1;
   // Unrolled: the stages a row needs are predicated, not a loop of compares and branches.
 #pragma unroll
   for (int offset = kWarp / 2; offset > 0; offset /= 2) {
@@ -57,18 +83,32 @@ __device__ __forceinline__ float row_sum(float v, int threads_per_row, int clust
   }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if (cluster_size > 1) {
-    // Every CTA puts its sum into slot [parity][its rank] of every peer, then one barrier,
-    // then each adds its own slots in rank order: the same bits everywhere, and no remote
-    // access after the barrier, so a CTA may exit as soon as it passes it. A peer writes
-    // the other parity's slots for the next row only after this barrier, and this parity's
-    // again only after the next one, which this CTA reaches after reading them.
-    namespace cg = cooperative_groups;
-    cg::cluster_group cluster = cg::this_cluster();
-    if (first_row) asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");  // see arrive_cluster_started
-    if (threadIdx.x < cluster_size) {
-      *cluster.map_shared_rank(&scratch.cluster_sums[parity][cluster.block_rank()], threadIdx.x) = v;
+    // Thread r sends this CTA's sum to slot [parity][this rank] of CTA r with st.async,
+    // which completes bytes on CTA r's mbarrier of that parity; each CTA waits for the
+    // phase in which all cluster_size sums have landed, then adds its slots in rank order:
+    // the same bits everywhere. Not cluster.sync(): its release fence waits for every
+    // memory access the thread has in flight (the next row's loads, this row's stores)
+    // and its acquire invalidates L1 (the weights), every row.
+    // A peer sends row k + 2's sum (the same slots and mbarrier) only after it has this
+    // CTA's sum of row k + 1, which this CTA sends after reading row k's slots; st.async
+    // completes with release semantics.
+    const unsigned slot = shared_address(&scratch.cluster_sums[parity][0]);
+    const unsigned arrived = shared_address(&scratch.cluster_arrived[parity]);
+    if (step == 0) asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");  // see start_cluster
+    if (threadIdx.x == 0) {
+      asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(arrived), "r"(cluster_size * 4)
+                   : "memory");
     }
-    cluster.sync();
+    if (threadIdx.x < cluster_size) {
+      unsigned rank, remote_slot, remote_arrived;
+      asm("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(rank));
+      asm("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote_slot) : "r"(slot + 4 * rank), "r"(threadIdx.x));
+      asm("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote_arrived) : "r"(arrived), "r"(threadIdx.x));
+      asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];\n" ::"r"(remote_slot),
+                   "r"(__float_as_uint(v)), "r"(remote_arrived)
+                   : "memory");
+    }
+    wait_mbarrier_phase(arrived, (step >> 1) & 1);
     float total = 0.f;
     for (int rank = 0; rank < cluster_size; ++rank) total += scratch.cluster_sums[parity][rank];
     v = total;

@@ -95,7 +95,10 @@ __global__ void __launch_bounds__(kBwdBlock, 2)
   // it costs no L1/L2 traffic), then the staging ring, [stages][dy, s][CHUNKS][blockDim]
   // units and [stages][blockDim] rstd. Each thread copies in exactly the ring units it
   // later reads, so the ring needs no barrier; after the rows it merges the slots' dweight.
-  extern __shared__ __align__(16) unsigned char staging[];
+  // 128-byte aligned: a warp's 16-byte accesses then fill whole 128-byte lines. Starting
+  // 16 bytes past one (where the static scratch ended) made the backward 8-11% slower
+  // (benchmarks/NOTES.md, entry 18).
+  extern __shared__ __align__(128) unsigned char staging[];
   float* weight_row = reinterpret_cast<float*>(staging);
   Unit* ring = reinterpret_cast<Unit*>(
       weight_row + bwd_weight_floats(p.hidden, p.weight != nullptr, cluster, CHUNKS, blockDim.x, VEC));
@@ -105,7 +108,7 @@ __global__ void __launch_bounds__(kBwdBlock, 2)
   };
 
   // A row's threads: threads_per_row of this CTA, or every thread of the cluster.
-  arrive_cluster_started(cluster);
+  start_cluster(scratch, cluster);
   const int rows_per_block = blockDim.x / threads_per_row;
   const int slot = threadIdx.x / threads_per_row;
   const int64_t row_threads = int64_t(threads_per_row) * cluster;
@@ -162,7 +165,7 @@ __global__ void __launch_bounds__(kBwdBlock, 2)
   }
   __syncthreads();  // the weight row is written
   float dw[CHUNKS][VEC] = {};
-  int stage = 0, parity = 0;
+  int stage = 0, step = 0;
   for (int64_t group_row = first; group_row < p.rows_per_weight; group_row += stride) {
     stage_rows(group_row + (stages - 1) * stride, stage == 0 ? stages - 1 : stage - 1);
     wait_async_copies(stages - 1);
@@ -183,9 +186,7 @@ __global__ void __launch_bounds__(kBwdBlock, 2)
         }
       }
     }
-    const float mean_gn = row_sum(dot, threads_per_row, cluster, scratch, parity, group_row == first) /
-                          static_cast<float>(p.hidden);
-    parity ^= 1;
+    const float mean_gn = row_sum(dot, threads_per_row, cluster, scratch, step++) / static_cast<float>(p.hidden);
     if (row_ok) {
 #pragma unroll
       for (int c = 0; c < CHUNKS; ++c) {
@@ -278,7 +279,7 @@ __global__ void __launch_bounds__(kBwdBlock, 2)
   __shared__ float row_total;
   // Dynamic shared memory: this thread's weights as float, then its dweight sums, both
   // [CHUNKS * VEC][blockDim] (each thread reads and writes only its own).
-  extern __shared__ __align__(16) float tile_floats[];
+  extern __shared__ __align__(128) float tile_floats[];  // as `staging` above
   float* tile_weight = tile_floats;
   float* tile_dw = tile_floats + CHUNKS * VEC * blockDim.x;
   const int tile = blockIdx.x % tiles, lane = blockIdx.x / tiles;

@@ -82,7 +82,7 @@ __global__ void __launch_bounds__(kRegistersBlock, SPLIT ? 1 : 2)
     rms_norm_fwd_registers(FwdProblem p, RowMap m) {
   __shared__ RowSumScratch scratch;
   const int cluster = SPLIT ? 1 : 1 << m.cluster_log2;  // SPLIT: no cluster code at all
-  arrive_cluster_started(cluster);
+  start_cluster(scratch, cluster);
 
   // This thread's row, its index among the row's threads, and (SPLIT) the first
   // access this CTA writes.
