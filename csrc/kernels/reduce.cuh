@@ -93,8 +93,9 @@ __device__ __forceinline__ float row_sum(float v, int threads_per_row, int clust
     // CTA's sum of row k + 1, which this CTA sends after reading row k's slots; st.async
     // completes with release semantics. "This CTA" is every thread of it only through the
     // warp stage's __syncthreads, which orders all threads' reads of row k before thread
-    // r's send of row k + 1 (and keeps a slow thread from missing its phase): every cluster
-    // launch reduces over the whole CTA, so threads_per_row > kWarp here.
+    // r's send of row k + 1 (and keeps a slow thread from missing its phase): cluster
+    // launches have one row per CTA of more than a warp (both launchers refuse others), so
+    // threads_per_row > kWarp here.
     const unsigned slot = shared_address(&scratch.cluster_sums[parity][0]);
     const unsigned arrived = shared_address(&scratch.cluster_arrived[parity]);
     if (step == 0) asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");  // see start_cluster

@@ -95,9 +95,9 @@ __global__ void __launch_bounds__(kBwdBlock, 2)
   // it costs no L1/L2 traffic), then the staging ring, [stages][dy, s][CHUNKS][blockDim]
   // units and [stages][blockDim] rstd. Each thread copies in exactly the ring units it
   // later reads, so the ring needs no barrier; after the rows it merges the slots' dweight.
-  // 128-byte aligned: a warp's 16-byte accesses then fill whole 128-byte lines. Starting
-  // 16 bytes past one (where the static scratch ended) made the backward 8-11% slower
-  // (benchmarks/NOTES.md, entry 18).
+  // 128-byte aligned: starting 16 bytes past a 128-byte line (where the static scratch
+  // ended) made the backward 7-11% slower, for a cause not established (benchmarks/NOTES.md,
+  // entry 18).
   extern __shared__ __align__(128) unsigned char staging[];
   float* weight_row = reinterpret_cast<float*>(staging);
   Unit* ring = reinterpret_cast<Unit*>(
@@ -538,6 +538,10 @@ std::string rms_norm_bwd_cuda(const BwdProblem& p, cudaStream_t stream, const Bw
   if (l.vec != 1 && !vector_ok) return "vector launch for unaligned buffers";
   if (p.weight_rows * p.ctas_per_weight_row * l.cluster > 0x7fffffff) return "too many CTAs for one launch";
   if (p.weight_rows > 65535) return "too many weight rows (vmap size) for one launch";
+  // row_sum's cluster exchange relies on its barrier over the whole CTA (reduce.cuh).
+  if (l.cluster > 1 && (l.threads_per_row != l.block || l.block <= kWarp)) {
+    return "cluster launch: one row per CTA, of more than a warp";
+  }
 
   const cudaError_t err = dispatch_dtypes<CudaTypes>(p.x_dtype, p.weight_dtype, [&](auto x_tag, auto w_tag) {
     using T = typename decltype(x_tag)::type;
