@@ -93,20 +93,22 @@ __device__ __forceinline__ float row_sum(float v, int threads_per_row, int clust
     // CTA's sum of row k + 1, which this CTA sends after reading row k's slots; st.async
     // completes with release semantics. "This CTA" is every thread of it only through the
     // warp stage's __syncthreads, which orders all threads' reads of row k before thread
-    // r's send of row k + 1 (and keeps a slow thread from missing its phase): cluster
-    // launches have one row per CTA of more than a warp (both launchers refuse others), so
-    // threads_per_row > kWarp here.
+    // r's send of row k + 1 (and keeps a slow thread from missing its phase). The backward,
+    // which reduces row after row, refuses cluster launches whose rows do not span a CTA of
+    // more than a warp, so threads_per_row > kWarp there; the forward reduces one row.
     const unsigned slot = shared_address(&scratch.cluster_sums[parity][0]);
     const unsigned arrived = shared_address(&scratch.cluster_arrived[parity]);
     if (step == 0) asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");  // see start_cluster
     if (threadIdx.x == 0) {
-      asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(arrived), "r"(cluster_size * 4)
+      asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(arrived),
+                   "r"(cluster_size * int(sizeof(float)))
                    : "memory");
     }
     if (threadIdx.x < cluster_size) {
       unsigned rank, remote_slot, remote_arrived;
       asm("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(rank));
-      asm("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote_slot) : "r"(slot + 4 * rank), "r"(threadIdx.x));
+      asm("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote_slot) : "r"(slot + unsigned(sizeof(float)) * rank),
+          "r"(threadIdx.x));
       asm("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote_arrived) : "r"(arrived), "r"(threadIdx.x));
       asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];\n" ::"r"(remote_slot),
                    "r"(__float_as_uint(v)), "r"(remote_arrived)
