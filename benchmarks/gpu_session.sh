@@ -84,6 +84,7 @@ if [ -n "${NCU_CASES:-}" ]; then
   # Hardware counters per kernel (ours only): throughput, occupancy, registers, memory.
   ncu --clock-control none --kernel-name regex:'rms_norm|sum_dweight' --csv --page details \
     --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
+    --section WarpStateStats \
     python3 benchmarks/profile_cases.py $NCU_CASES > "$OUT/ncu.csv" 2> "$OUT/ncu.err"
   echo "ncu exit $?: $(grep -c '"' "$OUT/ncu.csv") rows in ncu.csv"
 fi

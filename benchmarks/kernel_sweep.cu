@@ -8,7 +8,9 @@
 //
 // A case is op:ROWSxHIDDEN[:dtype][:key=value,...]; op is fwd, res (fused residual) or
 // bwd; dtype bf16 (default), f16 or f32 (the weight is float32). Keys override the
-// chooser's launch: fwd/res tpr, chunks, block, cluster, split, streaming=1, registers=1 (and the options
+// chooser's launch: fwd/res tpr, chunks, block, cluster, split, streaming=1, registers=1, staged=1
+// (its stages, wshared=0: the weight from global memory, clusters: the persistent grid, 0 = as
+// many as are resident) (and the options
 // f32y=1: y in float32, hf=1: the HF order); bwd tpr, chunks,
 // block, cluster, stages, ctas, streaming=1, tiles=1 (the row-tile kernel); both offset=K (row buffers start K elements
 // past an aligned address). `copy` measures device-to-device copy bandwidth.
@@ -255,7 +257,13 @@ void report(const std::string& spec, const std::string& config, double us, doubl
 }
 
 std::string fwd_config(const FwdLaunch& l) {
-  char buf[128];
+  char buf[160];
+  if (l.kernel == FwdKernel::kStaged) {
+    std::snprintf(buf, sizeof buf, "staged vec=%d chunks=%d block=%d cluster=%d stages=%d wshared=%d clusters=%s",
+                  l.vec, l.chunks, l.block, l.cluster, l.stages, int(l.shared_weight),
+                  l.grid == 0 ? "resident" : std::to_string(l.grid / l.cluster).c_str());
+    return buf;
+  }
   std::snprintf(buf, sizeof buf, "%s vec=%d tpr=%d chunks=%d block=%d cluster=%d split=%d grid=%ld",
                 l.kernel == FwdKernel::kStreaming ? "streaming" : "registers", l.vec, l.threads_per_row,
                 l.chunks, l.block, l.cluster, l.split, long(l.grid));
@@ -303,19 +311,25 @@ void run_forward(const std::string& spec, const Case& c, int reps) {
     p.float32_y = float32_y;
     p.round_normalized = c.get("hf", 0) != 0;
   }
-  FwdLaunch l = choose_fwd_launch(c.rows, c.hidden, eb, c.hidden % (16 / eb) == 0 && row_offset % 16 == 0, 8);
+  FwdLaunch l = choose_fwd_launch(c.rows, c.hidden, eb, c.hidden % (16 / eb) == 0 && row_offset % 16 == 0,
+                                  16 /* the H100 and H200 run 16-CTA clusters */, residual, float32_y, 4);
   if (c.get("streaming", 0)) {
     l.kernel = FwdKernel::kStreaming;
     l.block = l.threads_per_row = kMaxBlock;
     l.chunks = l.cluster = 1;
   }
-  if (c.get("registers", 0)) l.kernel = FwdKernel::kRegisters;  // rows the chooser streams
+  if (c.get("registers", 0)) l.kernel = FwdKernel::kRegisters;  // rows the chooser stages or streams
+  if (c.get("staged", 0)) l.kernel = FwdKernel::kStaged;
   l.threads_per_row = int(c.get("tpr", l.threads_per_row));
   l.chunks = int(c.get("chunks", l.chunks));
   l.block = int(c.get("block", l.block));
+  if (l.kernel == FwdKernel::kStaged) l.threads_per_row = l.block;
   l.cluster = int(c.get("cluster", l.cluster));
   l.split = int(c.get("split", l.split));
+  l.stages = int(c.get("stages", l.stages));
+  l.shared_weight = c.get("wshared", l.shared_weight) != 0;
   l.grid = fwd_grid(l, c.rows);
+  if (l.kernel == FwdKernel::kStaged) l.grid = c.get("clusters", 0) * l.cluster;  // 0: resident
 
   // Check set 0 against the CPU kernel.
   std::string err = rms_norm_fwd_cuda(problems[0], 0, &l);

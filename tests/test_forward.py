@@ -42,6 +42,37 @@ def test_dtype_combinations(device, rng, shape, x_dtype, w_dtype, residual):
   run_forward(device, rng, shape, x_dtype, w_dtype, residual)
 
 
+# Long rows on the GPU take a persistent kernel: each cluster of CTAs walks rows, the next
+# ones staged in a ring of shared memory. With more rows than clusters x stages, every slot
+# of the ring is refilled; the row counts here reach several steps per cluster.
+@pytest.mark.parametrize("shape,x_dtype,w_dtype", [
+    ((300, 65536), jnp.bfloat16, jnp.float32), ((70, 131072), jnp.bfloat16, jnp.bfloat16),
+    ((40, 262144), jnp.float16, None), ((100, 32768), jnp.float32, jnp.float32),
+    ((2, 150, 65528), jnp.bfloat16, jnp.float32)], ids=str)
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+def test_long_rows_many_per_cluster(device, rng, shape, x_dtype, w_dtype, residual):
+  run_forward(device, rng, shape, x_dtype, w_dtype, residual)
+
+
+@pytest.mark.parametrize("hidden", [65536, 131072])
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+def test_long_rows_weight_per_batch(device, rng, hidden, residual):
+  """A vmapped weight gives each group of rows its own weight row (the long-row kernel
+  then reads it from global memory instead of its shared copy)."""
+  batch, rows = 3, 40
+  x = random_array(rng, (batch, rows, hidden), jnp.bfloat16, scale=2.0, mean=0.5)
+  r = random_array(rng, (batch, rows, hidden), jnp.bfloat16)
+  w = random_array(rng, (batch, hidden), jnp.float32, scale=0.5, mean=1.0)
+  poison(device, 2 * x.nbytes)
+  if residual:
+    fn = jax.vmap(jax_rmsnorm.rms_norm_residual, in_axes=(0, 0, 0))
+    y, _ = jax.jit(fn)(*on_device(device, x, r, w))
+  else:
+    y = jax.jit(jax.vmap(jax_rmsnorm.rms_norm, in_axes=(0, 0)))(*on_device(device, x, w))
+  want = np.stack([reference64(x[i], r[i] if residual else None, w[i])[0] for i in range(batch)])
+  assert_close(y, want, jnp.bfloat16, seed=rng.seed)
+
+
 @pytest.mark.parametrize("eps", [0.0, 1e-6, 0.1, 3])
 def test_eps(device, rng, eps):
   run_forward(device, rng, (9, 512), jnp.float32, jnp.float32, False, eps=eps)

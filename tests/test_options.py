@@ -10,7 +10,7 @@ import pytest
 import jax_rmsnorm
 from conftest import TOLERANCE, assert_close, on_device, random_array
 
-SHAPES = [(3, 257), (2, 4, 4096), (1, 65536)]
+SHAPES = [(3, 257), (2, 4, 4096), (1, 65536), (2, 262144)]
 
 
 def reference64(x, residual, weight, out_dtype, round_normalized, eps=1e-6):

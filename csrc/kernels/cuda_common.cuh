@@ -6,6 +6,8 @@
 
 #include <atomic>
 #include <cstdint>
+#include <mutex>
+#include <vector>
 #include <type_traits>
 
 #include "kernels/numeric.cuh"
@@ -44,10 +46,12 @@ inline int max_cluster_size() {
   return value;
 }
 
-// Dynamic shared memory beyond the default 48 KB must be opted into, per kernel.
+// Shared memory beyond the default 48 KB must be opted into, per kernel. The default
+// counts static shared memory too (a staged forward of exactly 48 KB dynamic failed to
+// launch): the kernels' static scratch is a few hundred bytes, so opt in above 32 KB.
 template <typename Kernel>
 cudaError_t allow_shared_memory(Kernel kernel, size_t smem) {
-  if (smem <= (48 << 10)) return cudaSuccess;
+  if (smem <= (32 << 10)) return cudaSuccess;
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
 }
 
@@ -112,6 +116,63 @@ int64_t resident_ctas(int block, size_t smem) {
     cached[device].store(value, std::memory_order_relaxed);
   }
   return value;
+}
+
+// How many clusters of `cluster` CTAs of `kernel` (`block` threads, `smem` bytes) the
+// device runs at once: the grid of a persistent kernel. A cluster's CTAs share a GPC, so
+// this is not resident CTAs / cluster. Cached per device and configuration; 0 on error.
+template <typename Kernel>
+int64_t max_active_clusters(Kernel kernel, int block, size_t smem, int cluster) {
+  struct Entry {
+    int device;
+    const void* kernel;
+    int block;
+    size_t smem;
+    int cluster;
+    int64_t clusters;
+  };
+  static std::mutex mutex;
+  static std::vector<Entry> cache;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return 0;
+  const void* key = reinterpret_cast<const void*>(kernel);
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    for (const Entry& e : cache) {
+      if (e.device == device && e.kernel == key && e.block == block && e.smem == smem && e.cluster == cluster) {
+        return e.clusters;
+      }
+    }
+  }
+  if (allow_shared_memory(kernel, smem) != cudaSuccess) return 0;
+  if (cluster > 8 && cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
+    return 0;
+  }
+  int clusters = 0;
+  if (cluster > 1) {
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(cluster);
+    config.blockDim = dim3(block);
+    config.dynamicSmemBytes = smem;
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = cluster;
+    attr.val.clusterDim.y = 1;
+    attr.val.clusterDim.z = 1;
+    config.attrs = &attr;
+    config.numAttrs = 1;
+    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) return 0;
+  } else {
+    int per_sm = 0, sms = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, block, smem) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+      return 0;
+    }
+    clusters = per_sm * sms;
+  }
+  std::lock_guard<std::mutex> lock(mutex);
+  cache.push_back({device, key, block, smem, cluster, clusters});
+  return clusters;
 }
 
 // Calls f(std::integral_constant<int, C>{}) for the chunk count C (a power of two up
@@ -184,5 +245,50 @@ __device__ __forceinline__ void wait_async_copies(int pending) {
   }
 #endif
 }
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ unsigned shared_address(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
+// Blocks until the phase of `parity` of the mbarrier at `barrier` completes. Acquire at
+// cluster scope: the bytes that complete it come from the peers' st.async (a release at
+// cluster scope), and a .cta acquire would not formally pair with them. A plain `bra`:
+// try_wait's result need not be uniform across the warp.
+__device__ __forceinline__ void wait_mbarrier_phase(unsigned barrier, int parity) {
+  asm volatile(
+      "{\n .reg .pred done;\n"
+      "MBARRIER_WAIT:\n"
+      " mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n"
+      " @!done bra MBARRIER_WAIT;\n}\n" ::"r"(barrier), "r"(parity)
+      : "memory");
+}
+
+__device__ __forceinline__ void init_mbarrier(unsigned barrier, int arrivals) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(barrier), "r"(arrivals) : "memory");
+}
+
+// One arrival on the mbarrier, which then also waits for `bytes` more of copies to land.
+__device__ __forceinline__ void arrive_expecting_bytes(unsigned barrier, int bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(barrier), "r"(bytes) : "memory");
+}
+
+// A bulk copy (the TMA unit, no per-thread requests) of `bytes` (a multiple of 16, both
+// addresses 16-byte aligned) from global into this CTA's shared memory, completing
+// `bytes` on the mbarrier. One thread issues it for the whole CTA.
+__device__ __forceinline__ void bulk_copy_to_shared(void* shared, const void* global, int bytes, unsigned barrier) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+          shared_address(shared)),
+      "l"(global), "r"(bytes), "r"(barrier)
+      : "memory");
+}
+
+// Orders this CTA's earlier generic accesses to shared memory before later bulk copies
+// into it (the copies write through the async proxy).
+__device__ __forceinline__ void fence_shared_for_bulk_copies() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+#endif
 
 }  // namespace jax_rmsnorm

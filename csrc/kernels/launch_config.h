@@ -6,7 +6,8 @@
 namespace jax_rmsnorm {
 
 // kRowTiles: backward only (long rows split into column tiles over a cooperative grid).
-enum class FwdKernel { kRegisters, kStreaming, kRowTiles };
+// kStaged: forward only (long rows, persistent clusters, rows staged in shared memory).
+enum class FwdKernel { kRegisters, kStreaming, kRowTiles, kStaged };
 
 struct FwdLaunch {
   FwdKernel kernel = FwdKernel::kRegisters;
@@ -16,7 +17,9 @@ struct FwdLaunch {
   int cluster = 1;          // CTAs sharing one row through distributed shared memory
   int split = 1;            // CTAs that each reduce the whole row and write 1/split of it
   int block = 1;            // threads per CTA
-  int64_t grid = 0;         // CTAs
+  int stages = 1;           // kStaged: rows each CTA has in flight (its shared-memory ring)
+  bool shared_weight = true;  // kStaged: a weight row shared by all rows is copied to shared memory
+  int64_t grid = 0;         // CTAs; kStaged: 0 = as many clusters as the device runs at once
 };
 
 // Accesses per thread per row: 4 x 16 B in flight per thread with 64 registers, so
@@ -26,6 +29,7 @@ struct FwdLaunch {
 constexpr int kMaxChunks = 4;
 constexpr int kTargetChunks = 4;
 constexpr int kWarp = 32;
+constexpr int kPortableCluster = 8;  // clusters every sm_90 device runs
 constexpr int kMinBlock = 256;         // short rows: several rows per CTA
 constexpr int kMaxBlock = 1024;        // the streaming kernels
 // The register-row forward's CTAs have at most 512 threads.
@@ -58,17 +62,36 @@ inline int ceil_log2(int64_t v) {
 inline int next_pow2(int64_t v) { return 1 << ceil_log2(v); }
 
 // CTAs a forward launch takes for `rows`: one a row (streaming), `cluster` or `split` a
-// row, else block / threads_per_row rows to a CTA.
+// row, else block / threads_per_row rows to a CTA; 0 for the staged kernel, whose grid
+// the device's capacity sets at launch.
 inline int64_t fwd_grid(const FwdLaunch& l, int64_t rows) {
+  if (l.kernel == FwdKernel::kStaged) return 0;
   if (l.kernel == FwdKernel::kStreaming) return rows;
   if (l.cluster > 1 || l.split > 1) return rows * l.cluster * l.split;
   return ceil_div(rows, l.block / l.threads_per_row);
 }
 
+// The staged forward (long rows): each CTA of a cluster owns a slice of block x chunks
+// 16-byte accesses of every row, and a persistent cluster walks the rows, the next
+// `stages` of them in flight in a shared-memory ring; the weight slice is copied once.
+constexpr int kMaxStagedChunks = 8;
+constexpr int kMaxStages = 4;
+// Shared memory one staged CTA may take: under the 227 KB an sm_90 CTA can have, with
+// room for the kernel's static scratch.
+constexpr int64_t kStagedMaxBytes = 200 << 10;
+// `weight_bytes`: the weight's element size when its slice lives in shared memory, else 0.
+inline int64_t fwd_staged_bytes(const FwdLaunch& l, bool fused, int weight_bytes) {
+  const int64_t slice = int64_t{l.block} * l.chunks;  // accesses
+  return int64_t{l.stages} * (fused ? 2 : 1) * slice * 16 + slice * l.vec * weight_bytes;
+}
+
 // `vector_ok`: every pointer is 16-byte aligned and hidden is a multiple of the
-// vector width. `max_cluster`: 8 on sm_90 and newer (portable cluster size), else 1.
-inline FwdLaunch choose_fwd_launch(int64_t rows, int64_t hidden, int elem_bytes,
-                                   bool vector_ok, int max_cluster) {
+// vector width. `max_cluster`: the largest cluster the device runs (16 on the H100 and
+// H200, the register kernel takes at most the portable 8), 1 without clusters.
+// `fused`: the residual variant; `wide_y`: y in float32 from a narrower x; `weight_bytes`:
+// the weight's element size (0: none).
+inline FwdLaunch choose_fwd_launch(int64_t rows, int64_t hidden, int elem_bytes, bool vector_ok,
+                                   int max_cluster, bool fused, bool wide_y, int weight_bytes) {
   FwdLaunch l;
   l.vec = vector_ok ? 16 / elem_bytes : 1;
   const int64_t units = ceil_div(hidden, l.vec);  // accesses per row
@@ -97,9 +120,40 @@ inline FwdLaunch choose_fwd_launch(int64_t rows, int64_t hidden, int elem_bytes,
     l.grid = fwd_grid(l, rows);
     return l;
   }
+  // Long rows with 16-byte accesses: the staged kernel (benchmarks/NOTES.md, entry 19):
+  // 512-thread CTAs with 4 accesses each (8 when 16 CTAs do not hold the row), one row
+  // staged ahead, two where it measured faster: clusters of at most two CTAs (each walks
+  // many rows) and the fused residual (two arrays a row). The register kernel keeps the
+  // rows it holds in a cluster of at most 4 for the residual (level or faster there). A
+  // float32 y from bf16 is not staged: 59% of copy against 75% for the register kernel at
+  // 1024 x 65536, 58% against 67% at 512 x 131072, 49% against 52% streaming at 128 x 262144.
+  if (vector_ok && max_cluster > 1) {
+    FwdLaunch staged = l;
+    staged.kernel = FwdKernel::kStaged;
+    staged.block = staged.threads_per_row = kRegistersBlock;
+    staged.chunks = kTargetChunks;
+    staged.cluster = next_pow2(ceil_div(units, int64_t{staged.block} * staged.chunks));
+    if (staged.cluster > max_cluster) {
+      staged.chunks = kMaxStagedChunks;
+      staged.cluster = next_pow2(ceil_div(units, int64_t{staged.block} * staged.chunks));
+    }
+    const bool registers_faster = fused && staged.cluster <= 4;
+    if (staged.cluster <= max_cluster && !registers_faster && !wide_y) {
+      // The ring as deep as chosen and fits beside the weight slice, else one stage with
+      // the weight read from global memory.
+      staged.stages = staged.cluster <= 2 || fused ? 2 : 1;
+      staged.shared_weight = true;
+      while (staged.stages > 1 && fwd_staged_bytes(staged, fused, weight_bytes) > kStagedMaxBytes) --staged.stages;
+      if (fwd_staged_bytes(staged, fused, weight_bytes) > kStagedMaxBytes) staged.shared_weight = false;
+      if (fwd_staged_bytes(staged, fused, 0) <= kStagedMaxBytes) {
+        staged.grid = fwd_grid(staged, rows);
+        return staged;
+      }
+    }
+  }
   // Long rows: split each row over a cluster of full CTAs, still one read per element.
   const int cluster = next_pow2(ceil_div(units, int64_t{kRegistersBlock} * kMaxChunks));
-  if (cluster <= max_cluster) {
+  if (cluster <= max_cluster && cluster <= kPortableCluster) {
     l.cluster = cluster;
     l.block = kRegistersBlock;
     l.chunks = next_pow2(ceil_div(units, int64_t{kRegistersBlock} * cluster));

@@ -1,6 +1,7 @@
 // The one row reduction every kernel uses.
 #pragma once
 
+#include "kernels/cuda_common.cuh"
 #include "kernels/launch_config.h"
 
 namespace jax_rmsnorm {
@@ -17,22 +18,6 @@ struct RowSumScratch {
   // [row parity]: a phase completes when every CTA's sum for that row has landed.
   unsigned long long cluster_arrived[2];
 };
-
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-__device__ __forceinline__ unsigned shared_address(const void* p) {
-  return static_cast<unsigned>(__cvta_generic_to_shared(p));
-}
-
-// Blocks until the phase of `parity` of the mbarrier at `barrier` completes.
-__device__ __forceinline__ void wait_mbarrier_phase(unsigned barrier, int parity) {
-  asm volatile(
-      "{\n .reg .pred done;\n"
-      "MBARRIER_WAIT:\n"
-      " mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      " @!done bra.uni MBARRIER_WAIT;\n}\n" ::"r"(barrier), "r"(parity)
-      : "memory");
-}
-#endif
 
 // A cluster that shares rows sets up the mbarriers its CTAs' sums land on, and arrives
 // at the cluster barrier that row_sum waits on before the first remote write (a CTA may
@@ -60,11 +45,20 @@ __device__ __forceinline__ void start_cluster(RowSumScratch& scratch, int cluste
 // turn passes each row's `step` (0, 1, 2, ...; every thread of a cluster reduces the
 // same rows): the scratch alternates by its parity. Row k + 2 rewrites row k's warp
 // slots only after row k + 1's barrier, which every thread reaches after reading row k's.
-// Every thread of the block must call it. All threads of a row get the same bits:
+// `after_barrier` runs in every thread right after the CTA-wide barrier of the warp stage
+// (rows of more than a warp only), before the cluster exchange waits: a kernel that needs
+// every thread past some point (e.g. done reading a buffer) acts there without a barrier
+// of its own. Every thread of the block must call it. All threads of a row get the same bits:
 // the xor butterfly adds each pair in both lanes in the same (commutative) way and
 // the later stages read partial sums in a fixed order, so results are deterministic.
+struct NothingAfterBarrier {
+  __device__ void operator()() const {}
+};
+
+template <typename AfterBarrier = NothingAfterBarrier>
 __device__ __forceinline__ float row_sum(float v, int threads_per_row, int cluster_size,
-                                         RowSumScratch& scratch, int step = 0) {
+                                         RowSumScratch& scratch, int step = 0,
+                                         AfterBarrier after_barrier = {}) {
   const int parity = step & 1;
   // Unrolled: the stages a row needs are predicated, not a loop of compares and branches.
 #pragma unroll
@@ -76,6 +70,7 @@ __device__ __forceinline__ float row_sum(float v, int threads_per_row, int clust
     float* sums = scratch.warp_sums[parity];
     if (threadIdx.x % kWarp == 0) sums[warp] = v;
     __syncthreads();
+    after_barrier();
     const int warps_per_row = threads_per_row / kWarp;
     const int first = warp & ~(warps_per_row - 1);  // a power of two: no integer division
     v = 0.f;

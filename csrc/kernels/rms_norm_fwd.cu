@@ -1,8 +1,10 @@
 // Forward RMSNorm (optionally fused with the residual add) on CUDA.
 //
-// Two kernels, both one read of every input element in the common case:
+// Three kernels, all one read of every input element in the common case:
 //  - rms_norm_fwd_registers: the row lives in registers (CHUNKS accesses per thread),
 //    shared by threads_per_row threads of a CTA, or by a cluster of CTAs for long rows.
+//  - rms_norm_fwd_staged: long rows over a persistent cluster, the next rows staged in
+//    shared memory while this one is reduced and written.
 //  - rms_norm_fwd_streaming: rows longer than a cluster can hold; two passes, the
 //    second served mostly from L2.
 #include <cstdint>
@@ -190,6 +192,152 @@ __global__ void __launch_bounds__(kRegistersBlock, SPLIT ? 1 : 2)
   }
 }
 
+// What a staged CTA needs besides the problem.
+struct StagedMap {
+  int cluster_log2 = 0;         // CTAs of a cluster sharing a row
+  int stages = 1;               // rows in flight per CTA
+  bool weight_in_smem = false;  // one weight row for all rows: its slice copied once
+  float inv_hidden = 0.f;
+};
+
+// Long rows, persistent: cluster i reduces rows i, i + clusters, ..., each CTA a slice of
+// CHUNKS x blockDim 16-byte accesses of each (contiguous in the row). The register kernel
+// holds one row per CTA and waits for it with nothing else in flight; here the next
+// `stages` rows' slices are copying into a ring in shared memory while this row is
+// reduced and written, so shared memory, not registers, bounds the bytes in flight. One
+// thread copies each slice with a bulk copy (the TMA unit: no per-thread requests to
+// queue) that completes on the stage's mbarrier; the slot is refilled once every thread
+// has the row in registers (row_sum's barrier). The weight slice is copied once.
+template <typename T, typename W, typename O, int VEC, int CHUNKS>
+__global__ void __launch_bounds__(kRegistersBlock, CHUNKS <= 4 ? 2 : 1)
+    rms_norm_fwd_staged(FwdProblem p, StagedMap m) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  using Word = WordOf<T, VEC>;
+  static_assert(sizeof(Word) == 16, "the staged kernel moves 16-byte accesses");
+  // [stages][x, residual][CHUNKS x blockDim] accesses, then the weight slice (as W).
+  // 128-byte aligned, as the backward's staging.
+  extern __shared__ __align__(128) unsigned char staged_shared[];
+  __shared__ RowSumScratch scratch;
+  __shared__ unsigned long long stage_landed[kMaxStages];  // one phase per row copied in
+  const int cluster = 1 << m.cluster_log2;
+  start_cluster(scratch, cluster);
+
+  const int block = blockDim.x;
+  const int slice = CHUNKS * block;  // accesses
+  const bool fused = p.residual != nullptr;
+  const int arrays = fused ? 2 : 1;
+  Word* ring = reinterpret_cast<Word*>(staged_shared);
+  auto slot = [&](int stage, int array) { return ring + (stage * arrays + array) * slice; };
+  Packed<W, VEC>* weight_slice = reinterpret_cast<Packed<W, VEC>*>(ring + m.stages * arrays * slice);
+  const int rank = blockIdx.x & (cluster - 1);
+  // This CTA's accesses of a row: [first, first + count); this thread's chunk c is
+  // access first + c * block + threadIdx.x (fits 32 bits: check_launch).
+  const int units = static_cast<int>(p.hidden / VEC);
+  const int first = rank * slice;
+  const int count = units - first < slice ? (units > first ? units - first : 0) : slice;
+  auto mine = [&](int c) { return c * block + static_cast<int>(threadIdx.x); };  // index in the slice
+  const int64_t clusters = gridDim.x >> m.cluster_log2;
+  const int64_t first_row = blockIdx.x >> m.cluster_log2;
+  auto barrier = [&](int stage) { return shared_address(&stage_landed[stage]); };
+
+  // Thread 0: copies this CTA's slice of step k's row (and of its residual) into a stage.
+  auto stage_row = [&](int64_t k, int stage) {
+    const int64_t row = first_row + k * clusters;
+    if (row >= p.rows) return;
+    const int64_t at = row * p.hidden + int64_t{first} * VEC;
+    const int bytes = count * 16;
+    arrive_expecting_bytes(barrier(stage), bytes * arrays);
+    if (bytes == 0) return;
+    bulk_copy_to_shared(slot(stage, 0), static_cast<const T*>(p.x) + at, bytes, barrier(stage));
+    if (fused) bulk_copy_to_shared(slot(stage, 1), static_cast<const T*>(p.residual) + at, bytes, barrier(stage));
+  };
+  if (threadIdx.x == 0) {
+    for (int stage = 0; stage < m.stages; ++stage) init_mbarrier(barrier(stage), 1);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");  // visible to the bulk copies
+  }
+  // Each thread copies its own weight accesses (a weight access may be under 16 bytes,
+  // too small for the slice's bulk copy) and reads back only those.
+  if (m.weight_in_smem) {
+    constexpr int kWeightBytes = VEC * sizeof(W);
+    constexpr int kPiece = kWeightBytes < 16 ? kWeightBytes : 16;
+    const W* weight = static_cast<const W*>(p.weight);
+#pragma unroll
+    for (int c = 0; c < CHUNKS; ++c) {
+      if (mine(c) < count) {
+        auto* dst = reinterpret_cast<unsigned char*>(&weight_slice[mine(c)]);
+        const auto* src = reinterpret_cast<const unsigned char*>(weight + int64_t{first + mine(c)} * VEC);
+#pragma unroll
+        for (int b = 0; b < kWeightBytes; b += kPiece) copy_async<kPiece>(dst + b, src + b);
+      }
+    }
+    commit_async_copies();
+  }
+  __syncthreads();  // the mbarriers are initialized before anyone waits on them
+  if (threadIdx.x == 0) {
+    for (int k = 0; k < m.stages; ++k) stage_row(k, k);
+  }
+  wait_async_copies(0);
+
+  int stage = 0, phase = 0;
+  for (int64_t k = 0;; ++k) {
+    const int64_t row = first_row + k * clusters;
+    if (row >= p.rows) break;  // the same for every CTA of the cluster
+    wait_mbarrier_phase(barrier(stage), phase);
+    const Word* xs = slot(stage, 0);
+    Packed<T, VEC> s[CHUNKS];
+#pragma unroll
+    for (int c = 0; c < CHUNKS; ++c) s[c] = unpack<T, VEC>(mine(c) < count ? xs[mine(c)] : Word{});
+    if (fused) {
+      const Word* rs = slot(stage, 1);
+#pragma unroll
+      for (int c = 0; c < CHUNKS; ++c) {
+        if (mine(c) < count) add_residual(s[c], unpack<T, VEC>(rs[mine(c)]));
+      }
+    }
+    const int64_t offset = row * p.hidden + int64_t{first} * VEC;
+    float sum_sq = 0.f;
+#pragma unroll
+    for (int c = 0; c < CHUNKS; ++c) sum_sq += sum_of_squares(s[c]);
+    if (p.residual_out != nullptr) {
+      T* residual_out = static_cast<T*>(p.residual_out) + offset;
+#pragma unroll
+      for (int c = 0; c < CHUNKS; ++c) {
+        if (mine(c) < count) store_packed(residual_out + mine(c) * VEC, s[c]);
+      }
+    }
+    // Past row_sum's CTA barrier every thread has this stage in registers: refill it
+    // there, before the cluster exchange waits (blocks have more than a warp).
+    auto refill = [&] {
+      if (threadIdx.x == 0) {
+        fence_shared_for_bulk_copies();
+        stage_row(k + m.stages, stage);
+      }
+    };
+    const float rstd =
+        inverse_rms(row_sum(sum_sq, block, cluster, scratch, static_cast<int>(k), refill), m.inv_hidden, p.eps);
+    if (p.rstd != nullptr && rank == 0 && threadIdx.x == 0) p.rstd[row] = rstd;
+    O* y = static_cast<O*>(p.y) + offset;
+    const W* weight = weight_row<W>(p, row);
+#pragma unroll
+    for (int c = 0; c < CHUNKS; ++c) {
+      if (mine(c) < count) {
+        float w[VEC];
+        if (m.weight_in_smem) {
+          load_as_float<VEC>(weight_slice[mine(c)].v, w);
+        } else {
+          load_weight<VEC>(weight, int64_t{first + mine(c)} * VEC, w);
+        }
+        store_packed(y + mine(c) * VEC, normalize<O>(s[c], rstd, w, p.round_normalized));
+      }
+    }
+    if (++stage == m.stages) {
+      stage = 0;
+      phase ^= 1;
+    }
+  }
+#endif
+}
+
 template <typename T, typename W, typename O, int VEC>
 __global__ void __launch_bounds__(kMaxBlock) rms_norm_fwd_streaming(FwdProblem p, float inv_hidden) {
   __shared__ RowSumScratch scratch;
@@ -225,13 +373,26 @@ bool is_pow2(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
 
 // A launch must cover every element of every row, once: checked before it runs, because
 // kernel_sweep passes launches of its own. Empty when it does.
-std::string check_launch(const FwdLaunch& l, int64_t rows, int64_t hidden, bool vector_ok) {
+std::string check_launch(const FwdLaunch& l, int64_t rows, int64_t hidden, int elem_bytes, bool vector_ok) {
   if (l.vec != 1 && !vector_ok) return "vector launch for unaligned buffers";
   if (l.grid > 0x7fffffff) return "too many rows for one launch (grid exceeds 2^31-1 blocks)";
   const int64_t units = ceil_div(hidden, l.vec);
   if (l.kernel == FwdKernel::kStreaming) {
     if (l.block < kWarp || l.block > kMaxBlock || !is_pow2(l.block) || l.grid != fwd_grid(l, rows)) {
       return "bad streaming launch";
+    }
+    return {};
+  }
+  if (l.kernel == FwdKernel::kStaged) {
+    if (l.vec * elem_bytes != 16) return "staged launch: 16-byte accesses only";
+    if (!is_pow2(l.block) || l.block < 2 * kWarp || l.block > kRegistersBlock || l.threads_per_row != l.block ||
+        !is_pow2(l.chunks) || l.chunks > kMaxStagedChunks || !is_pow2(l.cluster) || l.cluster > kMaxCluster ||
+        l.split != 1 || l.stages < 1 || l.stages > kMaxStages) {
+      return "staged launch: counts must be powers of two within the kernel's limits";
+    }
+    if (units > int64_t{l.cluster} * l.block * l.chunks) return "staged launch: the row does not fit its cluster";
+    if (l.grid < 0 || l.grid % l.cluster != 0 || l.grid / l.cluster > rows) {
+      return "staged launch: grid must be whole clusters, at most one per row";
     }
     return {};
   }
@@ -270,13 +431,57 @@ cudaError_t launch_registers(const FwdProblem& p, const FwdLaunch& l, float inv_
 }
 
 template <typename T, typename W, typename O, int VEC>
+cudaError_t launch_staged(const FwdProblem& p, const FwdLaunch& l, float inv_hidden, cudaStream_t stream) {
+  StagedMap m;
+  m.cluster_log2 = ceil_log2(l.cluster);
+  m.stages = l.stages;
+  m.weight_in_smem = l.shared_weight && p.weight != nullptr && p.rows_per_weight >= p.rows;
+  m.inv_hidden = inv_hidden;
+  const size_t smem = fwd_staged_bytes(l, p.residual != nullptr, m.weight_in_smem ? int(sizeof(W)) : 0);
+  return dispatch_chunks<kMaxStagedChunks>(l.chunks, [&](auto chunks) {
+    constexpr int kChunks = decltype(chunks)::value;
+    auto kernel = rms_norm_fwd_staged<T, W, O, VEC, kChunks>;
+    int64_t grid = l.grid;
+    if (grid == 0) {  // persistent: as many clusters as run at once, at most one per row
+      const int64_t clusters = max_active_clusters(kernel, l.block, smem, l.cluster);
+      if (clusters <= 0) return cudaErrorInvalidConfiguration;
+      grid = (clusters < p.rows ? clusters : p.rows) * l.cluster;
+    }
+    return launch(kernel, dim3(static_cast<unsigned>(grid)), dim3(l.block), smem, l.cluster, stream, p, m);
+  });
+}
+
+template <typename T, typename W, typename O, int VEC>
 cudaError_t launch_vec(const FwdProblem& p, const FwdLaunch& l, cudaStream_t stream) {
   const float inv_hidden = static_cast<float>(1.0 / static_cast<double>(p.hidden));
   if (l.kernel == FwdKernel::kStreaming) {
     return launch(rms_norm_fwd_streaming<T, W, O, VEC>, dim3(static_cast<unsigned>(l.grid)),
                   dim3(l.block), 0, 1, stream, p, inv_hidden);
   }
+  if (l.kernel == FwdKernel::kStaged) {
+    if constexpr (VEC * sizeof(T) == 16) {
+      return launch_staged<T, W, O, VEC>(p, l, inv_hidden, stream);
+    } else {
+      return cudaErrorInvalidConfiguration;  // check_launch refuses it first
+    }
+  }
   return launch_registers<T, W, O, VEC>(p, l, inv_hidden, stream);
+}
+
+// The largest cluster a forward launch may take: 16 (beyond the portable 8) where the
+// device runs one of the staged kernel's, else max_cluster_size(). Probed once per device.
+int max_forward_cluster() {
+  static std::atomic<int> cached[64];
+  const int portable = max_cluster_size();
+  int device = 0;
+  if (portable < 2 || cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) return portable;
+  int value = cached[device].load(std::memory_order_relaxed);
+  if (value == 0) {
+    auto probe = rms_norm_fwd_staged<__nv_bfloat16, float, __nv_bfloat16, 8, kTargetChunks>;
+    value = max_active_clusters(probe, kRegistersBlock, size_t{96} << 10, kMaxCluster) > 0 ? kMaxCluster : portable;
+    cached[device].store(value, std::memory_order_relaxed);
+  }
+  return value;
 }
 
 }  // namespace
@@ -292,9 +497,12 @@ std::string rms_norm_fwd_cuda(const FwdProblem& p, cudaStream_t stream, const Fw
        aligned_to(p.weight, weight_alignment(vec, dtype_bytes(p.weight_dtype))));
   const FwdLaunch l = chosen != nullptr
                           ? *chosen
-                          : choose_fwd_launch(p.rows, p.hidden, elem_bytes, vector_ok, max_cluster_size());
-  const std::string bad = check_launch(l, p.rows, p.hidden, vector_ok);
+                          : choose_fwd_launch(p.rows, p.hidden, elem_bytes, vector_ok, max_forward_cluster(),
+                                              p.residual != nullptr, p.float32_y,
+                                              p.weight != nullptr ? dtype_bytes(p.weight_dtype) : 0);
+  const std::string bad = check_launch(l, p.rows, p.hidden, elem_bytes, vector_ok);
   if (!bad.empty()) return bad;
+  if (l.kernel == FwdKernel::kStaged && max_cluster_size() < 2) return "staged launch: needs sm_90 or newer";
 
   const cudaError_t err = dispatch_dtypes<CudaTypes>(p.x_dtype, p.weight_dtype, [&](auto x_tag, auto w_tag) {
     using T = typename decltype(x_tag)::type;
