@@ -29,21 +29,31 @@ inline int weight_alignment(int vec, int weight_bytes) {
   return vec * weight_bytes < 16 ? vec * weight_bytes : 16;
 }
 
-// Thread-block clusters need sm_90; cached per device (the query is cheap, but the
-// handler runs on every call).
-inline int max_cluster_size() {
-  static std::atomic<int> cached[64];
+constexpr int kMaxDevices = 64;
+
+// A value computed once per device and cached (the handlers run on every call); 0 means
+// not computed yet, so a `compute` that failed (returned 0) runs again on the next call.
+// `fallback` when there is no current device.
+template <typename T, typename Compute>
+T once_per_device(std::atomic<T> (&cache)[kMaxDevices], T fallback, Compute compute) {
   int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return 1;
-  if (device < 0 || device >= 64) return 1;
-  int value = cached[device].load(std::memory_order_relaxed);
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) return fallback;
+  T value = cache[device].load(std::memory_order_relaxed);
   if (value == 0) {
-    int major = 0;
-    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-    value = major >= 9 ? 8 : 1;
-    cached[device].store(value, std::memory_order_relaxed);
+    value = compute(device);
+    cache[device].store(value, std::memory_order_relaxed);
   }
   return value;
+}
+
+// Thread-block clusters need sm_90.
+inline int max_cluster_size() {
+  static std::atomic<int> cached[kMaxDevices];
+  return once_per_device(cached, 1, [](int device) {
+    int major = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    return major >= 9 ? 8 : 1;
+  });
 }
 
 // Shared memory beyond the default 48 KB must be opted into, per kernel. The default
@@ -55,18 +65,23 @@ cudaError_t allow_shared_memory(Kernel kernel, size_t smem) {
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
 }
 
+// Clusters beyond the portable 8 must be opted into, per kernel.
+template <typename Kernel>
+cudaError_t allow_cluster_size(Kernel kernel, int cluster) {
+  if (cluster <= 8) return cudaSuccess;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+}
+
 // One launch path for every kernel: cluster dimension, cooperative launch (every CTA
 // resident at once, for kernels whose CTAs wait on each other), dynamic shared memory
 // beyond the default 48 KB and clusters beyond the portable 8 are opted into here.
 template <typename Kernel, typename... Args>
 cudaError_t launch_with(Kernel kernel, dim3 grid, dim3 block, size_t smem, int cluster, bool cooperative,
                         cudaStream_t stream, Args... args) {
-  const cudaError_t opted_in = allow_shared_memory(kernel, smem);
-  if (opted_in != cudaSuccess) return opted_in;
-  if (cluster > 8) {
-    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
-    if (e != cudaSuccess) return e;
-  }
+  const cudaError_t smem_ok = allow_shared_memory(kernel, smem);
+  if (smem_ok != cudaSuccess) return smem_ok;
+  const cudaError_t cluster_ok = allow_cluster_size(kernel, cluster);
+  if (cluster_ok != cudaSuccess) return cluster_ok;
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
   config.blockDim = block;
@@ -95,27 +110,27 @@ cudaError_t launch(Kernel kernel, dim3 grid, dim3 block, size_t smem, int cluste
   return launch_with(kernel, grid, block, smem, cluster, false, stream, args...);
 }
 
-// How many CTAs of `Kernel` (with `block` threads and `smem` bytes) the device holds at
-// once: the most a cooperative launch may have. Cached per kernel (a template argument,
-// so each instantiation has its own cache: kernels of one signature share a pointer
-// type) and device; each kernel is launched with one block and smem size.
+// How many CTAs of `kernel` (`block` threads, `smem` bytes) the device holds at once;
+// 0 on error.
+template <typename Kernel>
+int64_t count_resident_ctas(Kernel kernel, int block, size_t smem, int device) {
+  int per_sm = 0, sms = 0;
+  if (allow_shared_memory(kernel, smem) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, block, smem) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+    return 0;
+  }
+  return int64_t{per_sm} * sms;
+}
+
+// The same, the most a cooperative launch may have. Cached per kernel (a template
+// argument, so each instantiation has its own cache: kernels of one signature share a
+// pointer type) and device; each kernel is launched with one block and smem size.
 template <auto Kernel>
 int64_t resident_ctas(int block, size_t smem) {
-  static std::atomic<int64_t> cached[64];
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) return 0;
-  int64_t value = cached[device].load(std::memory_order_relaxed);
-  if (value == 0) {
-    int per_sm = 0, sms = 0;
-    if (allow_shared_memory(Kernel, smem) != cudaSuccess) return 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, Kernel, block, smem) != cudaSuccess ||
-        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
-      return 0;
-    }
-    value = int64_t{per_sm} * sms;
-    cached[device].store(value, std::memory_order_relaxed);
-  }
-  return value;
+  static std::atomic<int64_t> cached[kMaxDevices];
+  return once_per_device(cached, int64_t{0},
+                         [&](int device) { return count_resident_ctas(Kernel, block, smem, device); });
 }
 
 // How many clusters of `cluster` CTAs of `kernel` (`block` threads, `smem` bytes) the
@@ -144,12 +159,13 @@ int64_t max_active_clusters(Kernel kernel, int block, size_t smem, int cluster) 
       }
     }
   }
-  if (allow_shared_memory(kernel, smem) != cudaSuccess) return 0;
-  if (cluster > 8 && cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
-    return 0;
-  }
-  int clusters = 0;
-  if (cluster > 1) {
+  int64_t clusters = 0;
+  if (cluster == 1) {
+    clusters = count_resident_ctas(kernel, block, smem, device);
+  } else {
+    if (allow_shared_memory(kernel, smem) != cudaSuccess || allow_cluster_size(kernel, cluster) != cudaSuccess) {
+      return 0;
+    }
     cudaLaunchConfig_t config = {};
     config.gridDim = dim3(cluster);
     config.blockDim = dim3(block);
@@ -161,14 +177,9 @@ int64_t max_active_clusters(Kernel kernel, int block, size_t smem, int cluster) 
     attr.val.clusterDim.z = 1;
     config.attrs = &attr;
     config.numAttrs = 1;
-    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) return 0;
-  } else {
-    int per_sm = 0, sms = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, block, smem) != cudaSuccess ||
-        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
-      return 0;
-    }
-    clusters = per_sm * sms;
+    int active = 0;
+    if (cudaOccupancyMaxActiveClusters(&active, kernel, &config) != cudaSuccess) return 0;
+    clusters = active;
   }
   std::lock_guard<std::mutex> lock(mutex);
   cache.push_back({device, key, block, smem, cluster, clusters});

@@ -471,17 +471,13 @@ cudaError_t launch_vec(const FwdProblem& p, const FwdLaunch& l, cudaStream_t str
 // The largest cluster a forward launch may take: 16 (beyond the portable 8) where the
 // device runs one of the staged kernel's, else max_cluster_size(). Probed once per device.
 int max_forward_cluster() {
-  static std::atomic<int> cached[64];
+  static std::atomic<int> cached[kMaxDevices];
   const int portable = max_cluster_size();
-  int device = 0;
-  if (portable < 2 || cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) return portable;
-  int value = cached[device].load(std::memory_order_relaxed);
-  if (value == 0) {
+  if (portable < 2) return portable;
+  return once_per_device(cached, portable, [&](int) {
     auto probe = rms_norm_fwd_staged<__nv_bfloat16, float, __nv_bfloat16, 8, kTargetChunks>;
-    value = max_active_clusters(probe, kRegistersBlock, size_t{96} << 10, kMaxCluster) > 0 ? kMaxCluster : portable;
-    cached[device].store(value, std::memory_order_relaxed);
-  }
-  return value;
+    return max_active_clusters(probe, kRegistersBlock, size_t{96} << 10, kMaxCluster) > 0 ? kMaxCluster : portable;
+  });
 }
 
 }  // namespace
