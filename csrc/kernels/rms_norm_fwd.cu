@@ -469,14 +469,17 @@ cudaError_t launch_vec(const FwdProblem& p, const FwdLaunch& l, cudaStream_t str
 }
 
 // The largest cluster a forward launch may take: 16 (beyond the portable 8) where the
-// device runs one of the staged kernel's, else max_cluster_size(). Probed once per device.
+// device runs one of the staged kernel's, else max_cluster_size(). Probed once per device,
+// at the most shared memory the chooser gives a staged CTA (one CTA a SM, so all 16 in one
+// GPC): a probe at less could pass where the chooser's largest launch does not fit.
 int max_forward_cluster() {
   static std::atomic<int> cached[kMaxDevices];
   const int portable = max_cluster_size();
   if (portable < 2) return portable;
   return once_per_device(cached, portable, [&](int) {
     auto probe = rms_norm_fwd_staged<__nv_bfloat16, float, __nv_bfloat16, 8, kTargetChunks>;
-    return max_active_clusters(probe, kRegistersBlock, size_t{96} << 10, kMaxCluster) > 0 ? kMaxCluster : portable;
+    return max_active_clusters(probe, kRegistersBlock, size_t{kStagedMaxBytes}, kMaxCluster) > 0 ? kMaxCluster
+                                                                                               : portable;
   });
 }
 
