@@ -12,7 +12,9 @@
 // (its stages, wshared=0: the weight from global memory, clusters: the persistent grid, 0 = as
 // many as are resident) (and the options
 // f32y=1: y in float32, hf=1: the HF order); bwd tpr, chunks,
-// block, cluster, stages, ctas, streaming=1, tiles=1 (the row-tile kernel); both offset=K (row buffers start K elements
+// block, cluster, stages, ctas, streaming=1, tiles=1 (the row-tile kernel), staged=1 (its
+// stages; ctas: partial rows, the clusters at most), registers=1 (the chooser without the
+// staged kernel); both offset=K (row buffers start K elements
 // past an aligned address). `copy` measures device-to-device copy bandwidth.
 // Times are per call: CUDA-event medians over batches of 20 back-to-back launches (the
 // gaps between kernels included; decode-sized kernels are host-bound unless --graph
@@ -394,20 +396,24 @@ void run_backward(const std::string& spec, const Case& c, int reps) {
   std::memcpy(rstd_bytes.data(), rstd_host.data(), rstd_bytes.size());
 
   BwdLaunch l = choose_bwd_launch(c.hidden, eb, c.hidden % (16 / eb) == 0 && row_offset % 16 == 0);
+  const int64_t units = ceil_div(c.hidden, l.vec);
+  // The kernel first (forced or the chooser's), then the keys that override its launch.
   if (c.get("streaming", 0)) {
     l.kernel = FwdKernel::kStreaming;
     l.block = l.threads_per_row = kMaxBlock;
+    l.cluster = 1;
   }
+  if (c.get("tiles", 0)) use_row_tiles(l, units);  // rows a cluster would take
+  if (c.get("staged", 0)) use_staged_bwd(l, units, kMaxCluster);
+  if (c.get("registers", 0)) l = choose_bwd_register_launch(c.hidden, eb, l.vec > 1, kMaxCluster);
   l.threads_per_row = int(c.get("tpr", l.threads_per_row));
   l.chunks = int(c.get("chunks", l.chunks));
   l.block = int(c.get("block", l.block));
   l.stages = int(c.get("stages", l.stages));
-  l.cluster = int(c.get("cluster", l.kernel == FwdKernel::kStreaming ? 1 : l.cluster));
+  l.cluster = int(c.get("cluster", l.cluster));
   int64_t default_ctas = bwd_ctas_per_weight_row(c.rows, c.hidden, eb);
-  if (c.get("tiles", 0)) {  // force the row-tile kernel (rows a cluster would take)
-    use_row_tiles(l, ceil_div(c.hidden, l.vec));
-    default_ctas = bwd_row_tile_partials(c.rows, l.tiles);
-  }
+  if (l.kernel == FwdKernel::kRowTiles) default_ctas = bwd_row_tile_partials(c.rows, l.tiles);
+  if (l.kernel == FwdKernel::kStaged) default_ctas = bwd_staged_partials(c.rows, l);
   const int64_t ctas = c.get("ctas", default_ctas);
 
   const int sets = sets_for(double(n) * eb * 3);
@@ -433,8 +439,10 @@ void run_backward(const std::string& spec, const Case& c, int reps) {
   }
   char config[128];
   std::snprintf(config, sizeof config, "%s vec=%d tpr=%d chunks=%d block=%d cluster=%d stages=%d tiles=%d ctas=%ld",
-                l.kernel == FwdKernel::kStreaming ? "streaming"
-                : l.kernel == FwdKernel::kRowTiles ? "row-tiles" : "registers",
+                l.kernel == FwdKernel::kStreaming  ? "streaming"
+                : l.kernel == FwdKernel::kRowTiles ? "row-tiles"
+                : l.kernel == FwdKernel::kStaged   ? "staged"
+                                                   : "registers",
                 l.vec, l.threads_per_row, l.chunks, l.block, l.cluster, l.stages, l.tiles, long(ctas));
   std::string err = rms_norm_bwd_cuda(problems[0], 0, &l);
   if (!err.empty()) {

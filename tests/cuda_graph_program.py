@@ -82,8 +82,9 @@ def custom_calls_captured(dump_dir, module):
 def main(seed, dump_dir):
   assert jax.devices()[0].platform == "gpu", jax.devices()
   rng = np.random.default_rng(seed)
-  # 8 x 131072: long rows, whose backward is a cooperative launch (CTAs waiting on each other).
-  for shape in ((256, 4096), (8, 131072)):
+  # 8 x 131072: long rows, whose backward is the staged kernel (persistent 16-CTA clusters);
+  # 8 x 131071 (off the vector grid): a cooperative launch (CTAs waiting on each other).
+  for shape in ((256, 4096), (8, 131072), (8, 131071)):
     check_shape(rng, shape, dump_dir)
 
 

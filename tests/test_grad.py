@@ -156,9 +156,11 @@ def test_vmap_of_grad(device, rng, w_axis):
                          ids=["bf16", "f32"])
 @pytest.mark.parametrize("rows", [1, 5, 9])
 def test_long_rows_with_weight_groups(device, rng, hidden, x_dtype, w_dtype, rows):
-  """Rows longer than a cluster holds: on the GPU, column tiles over a cooperative grid,
-  a few rows in flight at a time (so 5 and 9 rows take several steps, some lanes idle),
-  one dweight per weight row under vmap, with the residual and its cotangent."""
+  """Rows longer than the register kernel's clusters hold: on the GPU the staged kernel
+  (persistent clusters of up to 16 CTAs: bf16, and float32 at 131072), or column tiles
+  over a cooperative grid (float32 at 262144), a few rows in flight at a time (so 5 and 9
+  rows take several steps, some clusters or lanes idle), one dweight per weight row under
+  vmap, with the residual and its cotangent."""
   groups = 3
   x = random_array(rng, (groups, rows, hidden), x_dtype, scale=2.0, mean=0.5)
   r = random_array(rng, (groups, rows, hidden), x_dtype)

@@ -186,6 +186,20 @@ int64_t max_active_clusters(Kernel kernel, int block, size_t smem, int cluster) 
   return clusters;
 }
 
+// The largest cluster a launch of `Kernel` may take: `wanted` (beyond the portable 8)
+// where the device runs one at `block` threads and `smem` bytes, else max_cluster_size().
+// Probe at the most shared memory the kernel's launches take: a probe at less could pass
+// where the largest launch does not fit. Once per device and kernel.
+template <auto Kernel>
+int largest_cluster(int block, size_t smem, int wanted) {
+  static std::atomic<int> cached[kMaxDevices];
+  const int portable = max_cluster_size();
+  if (portable < 2) return portable;
+  return once_per_device(cached, portable, [&](int) {
+    return max_active_clusters(Kernel, block, smem, wanted) > 0 ? wanted : portable;
+  });
+}
+
 // Calls f(std::integral_constant<int, C>{}) for the chunk count C (a power of two up
 // to MAX) that a launch chose: the one switch from a runtime count to a kernel.
 template <int MAX, typename F>

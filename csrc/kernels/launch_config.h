@@ -30,6 +30,7 @@ constexpr int kMaxChunks = 4;
 constexpr int kTargetChunks = 4;
 constexpr int kWarp = 32;
 constexpr int kPortableCluster = 8;  // clusters every sm_90 device runs
+constexpr int kMaxCluster = 16;      // the largest an sm_90 device may run (opted into per kernel)
 constexpr int kMinBlock = 256;         // short rows: several rows per CTA
 constexpr int kMaxBlock = 1024;        // the streaming kernels
 // The register-row forward's CTAs have at most 512 threads.
@@ -79,10 +80,15 @@ constexpr int kMaxStages = 4;
 // Shared memory one staged CTA may take: under the 227 KB an sm_90 CTA can have, with
 // room for the kernel's static scratch.
 constexpr int64_t kStagedMaxBytes = 200 << 10;
-// `weight_bytes`: the weight's element size when its slice lives in shared memory, else 0.
+// Shared memory of a staged CTA (staging.cuh): `stages` x `arrays` slices of block x
+// chunks 16-byte accesses, then the weight slice when `weight_bytes` (the weight's element
+// size when its slice lives in shared memory, else 0).
+inline int64_t staged_bytes(int block, int chunks, int vec, int stages, int arrays, int weight_bytes) {
+  const int64_t slice = int64_t{block} * chunks;  // accesses
+  return int64_t{stages} * arrays * slice * 16 + slice * vec * weight_bytes;
+}
 inline int64_t fwd_staged_bytes(const FwdLaunch& l, bool fused, int weight_bytes) {
-  const int64_t slice = int64_t{l.block} * l.chunks;  // accesses
-  return int64_t{l.stages} * (fused ? 2 : 1) * slice * 16 + slice * l.vec * weight_bytes;
+  return staged_bytes(l.block, l.chunks, l.vec, l.stages, fused ? 2 : 1, weight_bytes);
 }
 
 // `vector_ok`: every pointer is 16-byte aligned and hidden is a multiple of the
@@ -169,10 +175,12 @@ inline FwdLaunch choose_fwd_launch(int64_t rows, int64_t hidden, int elem_bytes,
   return l;
 }
 
-// The backward stages dy and s of `stages` row groups in a shared-memory ring (cp.async:
-// the next group is in flight while this one computes), keeps the weight row in shared
-// memory and float32 dweight accumulators in registers: 256-thread CTAs, two per SM
-// (128 registers each), at most 4 chunks; longer rows stream.
+// The backward's register kernel (rows under 8192 bf16 / 4096 float32 on sm_90, where the
+// staged kernel below takes longer rows; all rows it holds elsewhere) stages dy and s of
+// `stages` row groups in a shared-memory ring (cp.async: the next group is in flight while
+// this one computes), keeps the weight row in shared memory and float32 dweight
+// accumulators in registers: 256-thread CTAs, two per SM (128 registers each), at most 4
+// chunks; longer rows take clusters, row tiles or stream.
 constexpr int kMaxBwdChunks = 4;
 constexpr int kBwdBlock = 256;
 // Row groups staged at once: the next group is in flight during this one's math. Two
@@ -191,9 +199,38 @@ struct BwdLaunch {
   int threads_per_row = 1;  // within one CTA
   int cluster = 1;          // CTAs sharing one row (long rows): each owns a column slice
   int block = 1;
-  int stages = 1;  // row groups in the staging ring (kRegisters)
+  int stages = 1;  // row groups in the staging ring (kRegisters), the ring's rows (kStaged)
   int tiles = 1;   // CTAs sharing one row, each with a column tile (kRowTiles)
 };
+
+// The staged backward (rows of 8K elements and more, sm_90; staging.cuh): persistent
+// clusters, each CTA's slice of 4 accesses a thread in a ring of 3 rows, its weights and
+// float32 dweight sums in registers. 256-thread CTAs, two a SM (96 KB of ring each), up
+// to 16 of them a row; longer rows 512-thread CTAs, one a SM (192 KB).
+constexpr int kBwdStagedChunks = 4;
+constexpr int kBwdStagedStages = 3;
+constexpr int64_t kBwdStagedMinUnits = 1024;  // shorter rows: the register kernel
+// Partial rows of dweight per weight row: one per persistent cluster, as many as a
+// 132-SM device runs (at most the rows there are). A device running fewer clusters leaves
+// the rest unused (the sum kernel adds only those written).
+inline int64_t bwd_staged_partials(int64_t rows_per_weight, const BwdLaunch& l) {
+  const int64_t clusters = (l.block <= kBwdBlock ? 2 : 1) * kSmCount / l.cluster;
+  return rows_per_weight < clusters ? (rows_per_weight > 1 ? rows_per_weight : 1) : clusters;
+}
+// The staged launch for rows of `units` accesses (its vec set in `l`); false when no
+// cluster of at most `max_cluster` holds the row.
+inline bool use_staged_bwd(BwdLaunch& l, int64_t units, int max_cluster) {
+  BwdLaunch staged = l;
+  staged.kernel = FwdKernel::kStaged;
+  staged.chunks = kBwdStagedChunks;
+  staged.stages = kBwdStagedStages;
+  staged.block = units <= int64_t{kMaxCluster} * kBwdBlock * kBwdStagedChunks ? kBwdBlock : kRegistersBlock;
+  staged.threads_per_row = staged.block;
+  staged.cluster = next_pow2(ceil_div(units, int64_t{staged.block} * staged.chunks));
+  if (staged.cluster > max_cluster) return false;
+  l = staged;
+  return true;
+}
 
 // Long rows in the backward, beyond what a cluster holds: each row is split into column
 // tiles of kBwdBlock threads x 16 elements, one CTA per tile, and the CTAs of a row add
@@ -231,9 +268,9 @@ inline int64_t bwd_stage_bytes(const BwdLaunch& l, int elem_bytes) {
   return int64_t{2} * l.chunks * l.block * l.vec * elem_bytes + int64_t{4} * l.block;
 }
 
-// `max_cluster`: 8 on sm_90 (the default: the partial-buffer size below must not depend
-// on the device; the kernels are right for any), 1 without clusters.
-inline BwdLaunch choose_bwd_launch(int64_t hidden, int elem_bytes, bool vector_ok, int max_cluster = 8) {
+// The launch without the staged kernel: the register kernel (clusters of at most the
+// portable 8 and `max_cluster`), row tiles or streaming.
+inline BwdLaunch choose_bwd_register_launch(int64_t hidden, int elem_bytes, bool vector_ok, int max_cluster) {
   BwdLaunch l;
   l.vec = vector_ok ? 16 / elem_bytes : 1;
   const int64_t units = ceil_div(hidden, l.vec);
@@ -252,7 +289,7 @@ inline BwdLaunch choose_bwd_launch(int64_t hidden, int elem_bytes, bool vector_o
     // Long rows: a cluster of CTAs per row, each with its column slice (and its slice of
     // the dweight sums) in registers.
     const int cluster = next_pow2(ceil_div(units, int64_t{kBwdBlock} * kMaxBwdChunks));
-    if (cluster > max_cluster) {
+    if (cluster > max_cluster || cluster > kPortableCluster) {
       l.tiles = static_cast<int>(bwd_row_tiles(units, l.vec));
       if (l.tiles <= kMaxResidentBwdCtas) {
         use_row_tiles(l, units);
@@ -273,6 +310,18 @@ inline BwdLaunch choose_bwd_launch(int64_t hidden, int elem_bytes, bool vector_o
   return l;
 }
 
+// `max_cluster`: the largest cluster the device runs (16 on the H100 and H200; the
+// default, for the partial-buffer size below, which must not depend on the device: the
+// kernels are right for any), 1 without clusters.
+inline BwdLaunch choose_bwd_launch(int64_t hidden, int elem_bytes, bool vector_ok, int max_cluster = kMaxCluster) {
+  // Rows of 8K bf16 elements and more: the staged kernel (benchmarks/NOTES.md, entry 20).
+  BwdLaunch l;
+  l.vec = vector_ok ? 16 / elem_bytes : 1;
+  const int64_t units = ceil_div(hidden, l.vec);
+  if (vector_ok && units >= kBwdStagedMinUnits && max_cluster > 1 && use_staged_bwd(l, units, max_cluster)) return l;
+  return choose_bwd_register_launch(hidden, elem_bytes, vector_ok, max_cluster);
+}
+
 // How many CTAs (and so float32 partial rows of dweight) the backward uses per weight
 // row: enough to fill the GPU, few enough that the partials stay small. The JAX
 // primitive sizes the partial buffer with this same function (exported by the module),
@@ -281,6 +330,7 @@ inline int64_t bwd_ctas_per_weight_row(int64_t rows_per_weight, int64_t hidden, 
   if (rows_per_weight <= 0 || hidden <= 0) return 1;
   const BwdLaunch l = choose_bwd_launch(hidden, elem_bytes, hidden % (16 / elem_bytes) == 0);
   if (l.kernel == FwdKernel::kRowTiles) return bwd_row_tile_partials(rows_per_weight, l.tiles);
+  if (l.kernel == FwdKernel::kStaged) return bwd_staged_partials(rows_per_weight, l);
   const int64_t row_groups = ceil_div(rows_per_weight, l.block / l.threads_per_row);
   // Two register-kernel CTAs are resident per SM: a grid of 2 x SMs runs in one wave.
   // With clusters, a "CTA" here is a cluster (one partial row).

@@ -7,16 +7,18 @@
 namespace jax_rmsnorm {
 
 constexpr int kMaxThreads = 1024;
-constexpr int kMaxCluster = 16;
 
 // Shared memory the reduction needs; one per block.
-// Both sums are double-buffered by row parity, so a kernel reducing rows in turn needs no
-// barrier between one row's reads and the next row's writes.
+// The warp sums are double-buffered by row parity, so a kernel reducing rows in turn needs
+// no barrier between one row's reads and the next row's writes. The cluster sums have
+// four slots (step % 4): a kernel may send row k + 1's sum before it receives row k's
+// (row_sum_send, row_sum_receive).
+constexpr int kClusterSlots = 4;
 struct RowSumScratch {
   float warp_sums[2][kMaxThreads / kWarp];
-  float cluster_sums[2][kMaxCluster];  // written by the cluster's CTAs: [row parity][rank]
-  // [row parity]: a phase completes when every CTA's sum for that row has landed.
-  unsigned long long cluster_arrived[2];
+  float cluster_sums[kClusterSlots][kMaxCluster];  // written by the cluster's CTAs: [slot][rank]
+  // [slot]: a phase completes when every CTA's sum for that slot's row has landed.
+  unsigned long long cluster_arrived[kClusterSlots];
 };
 
 // A cluster that shares rows sets up the mbarriers its CTAs' sums land on, and arrives
@@ -27,8 +29,8 @@ __device__ __forceinline__ void start_cluster(RowSumScratch& scratch, int cluste
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if (cluster_size <= 1) return;
   if (threadIdx.x == 0) {
-    for (int parity = 0; parity < 2; ++parity) {
-      asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(shared_address(&scratch.cluster_arrived[parity]))
+    for (int slot = 0; slot < kClusterSlots; ++slot) {
+      asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(shared_address(&scratch.cluster_arrived[slot]))
                    : "memory");
     }
     // Makes the inits visible to the peers that pass the relaxed barrier below.
@@ -43,23 +45,28 @@ __device__ __forceinline__ void start_cluster(RowSumScratch& scratch, int cluste
 // `cluster_size` > 1, over the CTAs of the thread-block cluster that shares the row
 // (then the kernel must have called start_cluster). A kernel that reduces several rows in
 // turn passes each row's `step` (0, 1, 2, ...; every thread of a cluster reduces the
-// same rows): the scratch alternates by its parity. Row k + 2 rewrites row k's warp
-// slots only after row k + 1's barrier, which every thread reaches after reading row k's.
+// same rows): the scratch alternates by it. Row k + 2 rewrites row k's warp slots only
+// after row k + 1's barrier, which every thread reaches after reading row k's.
 // `after_barrier` runs in every thread right after the CTA-wide barrier of the warp stage
 // (rows of more than a warp only), before the cluster exchange waits: a kernel that needs
 // every thread past some point (e.g. done reading a buffer) acts there without a barrier
 // of its own. Every thread of the block must call it. All threads of a row get the same bits:
 // the xor butterfly adds each pair in both lanes in the same (commutative) way and
 // the later stages read partial sums in a fixed order, so results are deterministic.
+//
+// Split in two for clusters: row_sum_send returns the CTA's sum (the row's without a
+// cluster) and sends it to every CTA of the cluster; row_sum_receive waits for the
+// cluster's sums of that step and adds them. A kernel may send step k + 1 before it
+// receives step k (the cluster exchange then overlaps the next row's work), never further
+// ahead. row_sum is the two back to back.
 struct NothingAfterBarrier {
   __device__ void operator()() const {}
 };
 
 template <typename AfterBarrier = NothingAfterBarrier>
-__device__ __forceinline__ float row_sum(float v, int threads_per_row, int cluster_size,
-                                         RowSumScratch& scratch, int step = 0,
-                                         AfterBarrier after_barrier = {}) {
-  const int parity = step & 1;
+__device__ __forceinline__ float row_sum_send(float v, int threads_per_row, int cluster_size,
+                                              RowSumScratch& scratch, int step = 0,
+                                              AfterBarrier after_barrier = {}) {
   // Unrolled: the stages a row needs are predicated, not a loop of compares and branches.
 #pragma unroll
   for (int offset = kWarp / 2; offset > 0; offset /= 2) {
@@ -67,7 +74,7 @@ __device__ __forceinline__ float row_sum(float v, int threads_per_row, int clust
   }
   if (threads_per_row > kWarp) {
     const int warp = threadIdx.x / kWarp;
-    float* sums = scratch.warp_sums[parity];
+    float* sums = scratch.warp_sums[step & 1];
     if (threadIdx.x % kWarp == 0) sums[warp] = v;
     __syncthreads();
     after_barrier();
@@ -78,21 +85,23 @@ __device__ __forceinline__ float row_sum(float v, int threads_per_row, int clust
   }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if (cluster_size > 1) {
-    // Thread r sends this CTA's sum to slot [parity][this rank] of CTA r with st.async,
-    // which completes bytes on CTA r's mbarrier of that parity; each CTA waits for the
-    // phase in which all cluster_size sums have landed, then adds its slots in rank order:
-    // the same bits everywhere. Not cluster.sync(): its release fence waits for every
-    // memory access the thread has in flight (the next row's loads, this row's stores)
-    // and its acquire invalidates L1 (the weights), every row.
-    // A peer sends row k + 2's sum (the same slots and mbarrier) only after it has this
-    // CTA's sum of row k + 1, which this CTA sends after reading row k's slots; st.async
-    // completes with release semantics. "This CTA" is every thread of it only through the
-    // warp stage's __syncthreads, which orders all threads' reads of row k before thread
-    // r's send of row k + 1 (and keeps a slow thread from missing its phase). The backward,
-    // which reduces row after row, refuses cluster launches whose rows do not span a CTA of
-    // more than a warp, so threads_per_row > kWarp there; the forward reduces one row.
-    const unsigned slot = shared_address(&scratch.cluster_sums[parity][0]);
-    const unsigned arrived = shared_address(&scratch.cluster_arrived[parity]);
+    // Thread r sends this CTA's sum to slot [step % 4][this rank] of CTA r with st.async,
+    // which completes bytes on CTA r's mbarrier of that slot; each CTA waits for the
+    // phase in which all cluster_size sums have landed (row_sum_receive), then adds its
+    // slots in rank order: the same bits everywhere. Not cluster.sync(): its release fence
+    // waits for every memory access the thread has in flight (the next row's loads, this
+    // row's stores) and its acquire invalidates L1 (the weights), every row.
+    // A peer sends step k + 4's sum (the same slot and mbarrier) only after it received
+    // step k + 2, which needs this CTA's send of k + 2, which comes after this CTA received
+    // (and read) step k: sends run at most one step ahead of receives. st.async completes
+    // with release semantics. "This CTA" is every thread of it only through the warp
+    // stage's __syncthreads, which orders all threads' reads of step k's slots before
+    // thread r's send of a later step (and keeps a slow thread from missing its phase). So
+    // cluster rows span a CTA of more than a warp: the backward refuses other launches,
+    // and the forward's register kernel reduces one row.
+    const int slot = step % kClusterSlots;
+    const unsigned sums = shared_address(&scratch.cluster_sums[slot][0]);
+    const unsigned arrived = shared_address(&scratch.cluster_arrived[slot]);
     if (step == 0) asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");  // see start_cluster
     if (threadIdx.x == 0) {
       asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(arrived),
@@ -102,20 +111,37 @@ __device__ __forceinline__ float row_sum(float v, int threads_per_row, int clust
     if (threadIdx.x < cluster_size) {
       unsigned rank, remote_slot, remote_arrived;
       asm("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(rank));
-      asm("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote_slot) : "r"(slot + unsigned(sizeof(float)) * rank),
+      asm("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote_slot) : "r"(sums + unsigned(sizeof(float)) * rank),
           "r"(threadIdx.x));
       asm("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote_arrived) : "r"(arrived), "r"(threadIdx.x));
       asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];\n" ::"r"(remote_slot),
                    "r"(__float_as_uint(v)), "r"(remote_arrived)
                    : "memory");
     }
-    wait_mbarrier_phase(arrived, (step >> 1) & 1);
+  }
+#endif
+  return v;
+}
+
+// The row's sum of `step` from row_sum_send's CTA sum `v`: without a cluster, `v` itself.
+__device__ __forceinline__ float row_sum_receive(float v, int cluster_size, RowSumScratch& scratch, int step = 0) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (cluster_size > 1) {
+    const int slot = step % kClusterSlots;
+    wait_mbarrier_phase(shared_address(&scratch.cluster_arrived[slot]), (step / kClusterSlots) & 1);
     float total = 0.f;
-    for (int rank = 0; rank < cluster_size; ++rank) total += scratch.cluster_sums[parity][rank];
+    for (int rank = 0; rank < cluster_size; ++rank) total += scratch.cluster_sums[slot][rank];
     v = total;
   }
 #endif
   return v;
+}
+
+template <typename AfterBarrier = NothingAfterBarrier>
+__device__ __forceinline__ float row_sum(float v, int threads_per_row, int cluster_size, RowSumScratch& scratch,
+                                         int step = 0, AfterBarrier after_barrier = {}) {
+  return row_sum_receive(row_sum_send(v, threads_per_row, cluster_size, scratch, step, after_barrier), cluster_size,
+                         scratch, step);
 }
 
 }  // namespace jax_rmsnorm

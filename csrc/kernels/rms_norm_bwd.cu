@@ -7,7 +7,10 @@
 //  - rms_norm_bwd_registers: dy and s staged through shared memory (cp.async), one read
 //    of each; a row shared by the threads of a CTA, or for long rows by a cluster of CTAs
 //    (each with a column slice; the cluster writes one partial row).
-//  - rms_norm_bwd_row_tiles: rows longer than a cluster holds; each row split into column
+//  - rms_norm_bwd_staged (sm_90): rows longer than the register kernel's clusters hold;
+//    persistent clusters of 512-thread CTAs, each CTA's slice of the next rows bulk-copied
+//    into a shared-memory ring (staging.cuh), one partial row per cluster.
+//  - rms_norm_bwd_row_tiles: rows longer than that, or without 16-byte access; each row split into column
 //    tiles over CTAs of a cooperative grid, which add their dot products through global
 //    memory (a counter per row says when all are in), the tile kept in registers: still
 //    one read of each.
@@ -22,6 +25,7 @@
 #include "kernels/launch_config.h"
 #include "kernels/reduce.cuh"
 #include "kernels/rms_norm_cuda.h"
+#include "kernels/staging.cuh"
 
 namespace jax_rmsnorm {
 namespace {
@@ -61,20 +65,24 @@ __device__ __forceinline__ float dot_g_n(const Packed<T, VEC>& dy, const Packed<
   return acc;
 }
 
-// dx = rstd * (g - n * mean_gn) (+ d_new_residual); dweight partial += dy * n.
+// The d_new_residual term of dx at `p` (VEC elements), zeros without one.
 template <typename T, int VEC>
-__device__ __forceinline__ Packed<T, VEC> input_grad(const Packed<T, VEC>& dy,
-                                                     const Packed<T, VEC>& s,
-                                                     const float (&w)[VEC], float rstd,
-                                                     float mean_gn, const T* d_new_residual,
-                                                     float (&dw)[VEC]) {
-  float extra[VEC];
-  if (d_new_residual != nullptr) {
-    load_as_float<VEC>(d_new_residual, extra);
+__device__ __forceinline__ void residual_grad(const T* p, float (&extra)[VEC]) {
+  if (p != nullptr) {
+    load_as_float<VEC>(p, extra);
   } else {
 #pragma unroll
     for (int j = 0; j < VEC; ++j) extra[j] = 0.f;
   }
+}
+
+// dx = rstd * (g - n * mean_gn) + extra (the d_new_residual term); dweight partial += dy * n.
+template <typename T, int VEC>
+__device__ __forceinline__ Packed<T, VEC> input_grad(const Packed<T, VEC>& dy,
+                                                     const Packed<T, VEC>& s,
+                                                     const float (&w)[VEC], float rstd,
+                                                     float mean_gn, const float (&extra)[VEC],
+                                                     float (&dw)[VEC]) {
   Packed<T, VEC> dx;
 #pragma unroll
   for (int j = 0; j < VEC; ++j) {
@@ -84,6 +92,16 @@ __device__ __forceinline__ Packed<T, VEC> input_grad(const Packed<T, VEC>& dy,
     dw[j] += to_float(dy.v[j]) * n;
   }
   return dx;
+}
+
+// input_grad with the d_new_residual term read from global memory at `d_new_residual`.
+template <typename T, int VEC>
+__device__ __forceinline__ Packed<T, VEC> input_grad(const Packed<T, VEC>& dy, const Packed<T, VEC>& s,
+                                                     const float (&w)[VEC], float rstd, float mean_gn,
+                                                     const T* d_new_residual, float (&dw)[VEC]) {
+  float extra[VEC];
+  residual_grad<T, VEC>(d_new_residual, extra);
+  return input_grad(dy, s, w, rstd, mean_gn, extra, dw);
 }
 
 template <typename T, typename W, int VEC, int CHUNKS>
@@ -402,6 +420,164 @@ __global__ void __launch_bounds__(kBwdBlock, 2)
   }
 }
 
+// What a staged backward CTA needs besides the problem.
+struct BwdStagedMap {
+  int cluster_log2 = 0;            // CTAs of a cluster sharing a row
+  int stages = 3;                  // the ring: the row being written, the next, the rest in flight
+  int64_t clusters_per_group = 1;  // persistent clusters per weight row (one partial row each)
+  float inv_hidden = 0.f;
+};
+
+// Long rows, persistent (staging.cuh): cluster i of a weight row's clusters_per_group walks
+// that weight row's rows i, i + clusters_per_group, ..., each CTA with its slice of the
+// coming rows' dy and s in a shared-memory ring of `stages` (FUSED: d_new_residual is read
+// from global memory, one row ahead of its use).
+// The register kernel's clusters hold one row each and wait for it with nothing else in
+// flight. Here the ring keeps the next rows in flight, and the cluster exchange of a row's
+// dot product, which grows with the cluster (H200: 87% of copy bandwidth without a
+// cluster, 68% at 16 CTAs when each row waited for it), overlaps the next row: row k + 1's
+// dot product is computed and sent before row k's sum is received and its dx written. So
+// rows k and k + 1 are both read from the ring (twice each), and the stage of row k - 1 is
+// refilled at row k + 1's barrier: at least 3 stages. The weight slice (as float) and the
+// float32 dweight sums live in registers; each cluster writes one partial row of dweight.
+template <typename T, typename W, int VEC, int CHUNKS, bool FUSED>
+__global__ void __launch_bounds__(kRegistersBlock, 1) rms_norm_bwd_staged(BwdProblem p, BwdStagedMap m) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  using Unit = Packed<T, VEC>;
+  static_assert(sizeof(Unit) == 16, "the staged kernel moves 16-byte accesses");
+  // [stages][dy, s][CHUNKS x blockDim] accesses.
+  extern __shared__ __align__(128) unsigned char staged_shared[];
+  __shared__ RowSumScratch scratch;
+  __shared__ unsigned long long stage_landed[kMaxStages];
+  const int cluster = 1 << m.cluster_log2;
+  start_cluster(scratch, cluster);
+
+  const int block = blockDim.x;
+  const int rank = blockIdx.x & (cluster - 1);
+  StagedSlices ring(staged_shared, stage_landed, static_cast<int>(p.hidden / VEC), CHUNKS * block, rank, 2,
+                    m.stages, p.hidden * int64_t{sizeof(T)});
+  ring.sources[0] = static_cast<const unsigned char*>(p.dy);
+  ring.sources[1] = static_cast<const unsigned char*>(p.s);
+  const int first = ring.first, count = ring.count;
+  auto mine = [&](int c) { return c * block + static_cast<int>(threadIdx.x); };  // index in the slice
+  const int64_t unit = blockIdx.x >> m.cluster_log2;
+  const int64_t group = unit / m.clusters_per_group, lane = unit % m.clusters_per_group;
+  const int64_t group_first_row = group * p.rows_per_weight;
+  // Step k's row of this cluster, or -1 past the weight row's rows.
+  auto row_of = [&](int64_t k) {
+    const int64_t group_row = lane + k * m.clusters_per_group;
+    return group_row < p.rows_per_weight ? group_first_row + group_row : int64_t{-1};
+  };
+  if (threadIdx.x == 0) ring.init_barriers();
+  __syncthreads();  // the mbarriers are initialized before anyone waits on them
+  if (threadIdx.x == 0) {
+    for (int k = 0; k < m.stages; ++k) {
+      if (row_of(k) >= 0) ring.copy_row(row_of(k), k);
+    }
+  }
+  // The weight slice as float, beside the first rows' copies.
+  const W* weight = weight_of_group<W>(p, group);
+  float w[CHUNKS][VEC];
+#pragma unroll
+  for (int c = 0; c < CHUNKS; ++c) {
+    if (mine(c) < count) {
+      load_weight<VEC>(weight, int64_t{first + mine(c)} * VEC, w[c]);
+    } else {
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) w[c][j] = 0.f;
+    }
+  }
+  auto unit_at = [&](int stage, int array, int c) {
+    return unpack<T, VEC>(mine(c) < count ? ring.slot(stage, array)[mine(c)] : uint4{});
+  };
+  // This thread's part of a staged row's sum of g * n (zero past the slice).
+  auto dot_of = [&](int stage, float rstd) {
+    float dot = 0.f;
+#pragma unroll
+    for (int c = 0; c < CHUNKS; ++c) dot += dot_g_n(unit_at(stage, 0, c), unit_at(stage, 1, c), w[c], rstd);
+    return dot;
+  };
+
+  float dw[CHUNKS][VEC] = {};
+  if (row_of(0) >= 0) {
+    // Row k is in stage k % stages, landing in phase (k / stages) % 2 of its mbarrier.
+    int stage = 0, phase = 0;
+    auto advance = [&](int& st, int& ph) {
+      if (++st == m.stages) {
+        st = 0;
+        ph ^= 1;
+      }
+    };
+    float rstd = p.rstd[row_of(0)];
+    float next_rstd = row_of(1) >= 0 ? p.rstd[row_of(1)] : 0.f;
+    ring.wait(0, 0);
+    float cta_sum = row_sum_send(dot_of(0, rstd), block, cluster, scratch, 0);
+    int free_stage = 0;  // the stage of row k - 1 (from k = 1)
+    for (int64_t k = 0;; ++k) {
+      const int64_t row = row_of(k);
+      const bool has_next = row_of(k + 1) >= 0;  // the same for every CTA of the cluster
+      const int64_t at = row * p.hidden + int64_t{first} * VEC;
+      // FUSED: row k's d_new_residual term, in flight during row k + 1's dot product.
+      WordOf<T, VEC> extra[FUSED ? CHUNKS : 1];
+      if constexpr (FUSED) {
+        const T* d_new_residual = static_cast<const T*>(p.d_new_residual) + at;
+#pragma unroll
+        for (int c = 0; c < CHUNKS; ++c) extra[c] = load_word_or_zero<T, VEC>(d_new_residual + mine(c) * VEC, mine(c) < count);
+      }
+      int next_stage = stage, next_phase = phase;
+      advance(next_stage, next_phase);
+      float next_sum = 0.f, after_next_rstd = 0.f;
+      if (has_next) {
+        if (row_of(k + 2) >= 0) after_next_rstd = p.rstd[row_of(k + 2)];  // in flight meanwhile
+        ring.wait(next_stage, next_phase);
+        // Past this barrier every thread is done with row k - 1: refill its stage.
+        auto refill = [&] {
+          if (threadIdx.x == 0 && k >= 1 && row_of(k - 1 + m.stages) >= 0) {
+            ring.refill(row_of(k - 1 + m.stages), free_stage);
+          }
+        };
+        next_sum = row_sum_send(dot_of(next_stage, next_rstd), block, cluster, scratch, static_cast<int>(k + 1),
+                                refill);
+      }
+      const float mean_gn = row_sum_receive(cta_sum, cluster, scratch, static_cast<int>(k)) * m.inv_hidden;
+      T* dx = static_cast<T*>(p.dx) + at;
+#pragma unroll
+      for (int c = 0; c < CHUNKS; ++c) {
+        if (mine(c) < count) {
+          float residual_term[VEC] = {};
+          if constexpr (FUSED) {
+            const Unit r = unpack<T, VEC>(extra[c]);
+#pragma unroll
+            for (int j = 0; j < VEC; ++j) residual_term[j] = to_float(r.v[j]);
+          }
+          store_packed(dx + mine(c) * VEC, input_grad(unit_at(stage, 0, c), unit_at(stage, 1, c), w[c], rstd,
+                                                      mean_gn, residual_term, dw[c]));
+        }
+      }
+      if (!has_next) break;
+      free_stage = stage;
+      stage = next_stage;
+      phase = next_phase;
+      cta_sum = next_sum;
+      rstd = next_rstd;
+      next_rstd = after_next_rstd;
+    }
+  }
+  if (p.dweight_partials == nullptr) return;
+  float* partial = p.dweight_partials + (group * p.ctas_per_weight_row + lane) * p.hidden + int64_t{first} * VEC;
+#pragma unroll
+  for (int c = 0; c < CHUNKS; ++c) {
+    if (mine(c) < count) {
+#pragma unroll
+      for (int j = 0; j < VEC; j += 4) {
+        *reinterpret_cast<float4*>(partial + mine(c) * VEC + j) =
+            make_float4(dw[c][j], dw[c][j + 1], dw[c][j + 2], dw[c][j + 3]);
+      }
+    }
+  }
+#endif
+}
+
 template <typename T, typename W, int VEC>
 __global__ void __launch_bounds__(kMaxBlock) rms_norm_bwd_streaming(BwdProblem p) {
   __shared__ RowSumScratch scratch;
@@ -445,39 +621,64 @@ __global__ void __launch_bounds__(kMaxBlock) rms_norm_bwd_streaming(BwdProblem p
   }
 }
 
-// dweight[group, col] = sum over k < summed of partials[group * ctas + k, col], k in order.
-// A CTA covers 32 columns; its 32 thread rows each sum every 32nd partial, and the 32
-// sums are added in order through shared memory. A thread row loads kSumBatch partials
-// before it adds them (still in order): one round trip to L2 per batch, not per partial
-// (264 partials were 4.2 us at H = 4096 with the loop's loads one after another).
+// dweight[group, col] = sum over k < summed of partials[group * ctas + k, col], in a fixed
+// order. A CTA covers 32 x VEC columns (VEC = 4: 16-byte loads, where the rows allow);
+// its blockDim.y thread rows ("lanes", a power of two: no more than the partials, so
+// none idles) each sum every lanes-th partial, and the lane sums are added in lane order
+// through shared memory. A lane loads kSumBatch partials before it adds them (still in
+// order): one round trip to L2 per batch, not per partial (264 partials were 4.2 us at
+// H = 4096 with the loop's loads one after another). 32 lanes of one column each were
+// 37 us for the staged kernel's 8 partials of 262144 columns (ncu, entry 20).
 constexpr int kSumCols = 32, kSumLanes = 32, kSumBatch = 8;
 
-template <typename W>
+template <typename W, int VEC>
 __global__ void sum_dweight_partials(BwdProblem p, int64_t summed) {
-  __shared__ float sums[kSumLanes][kSumCols + 1];
-  const int64_t col = int64_t(blockIdx.x) * kSumCols + threadIdx.x;
+  __shared__ float sums[kSumLanes][kSumCols * VEC + 1];
+  const int lanes = blockDim.y;
+  const int64_t col = (int64_t(blockIdx.x) * kSumCols + threadIdx.x) * VEC;
   const int64_t group = blockIdx.y;
   const float* partials = p.dweight_partials + group * p.ctas_per_weight_row * p.hidden;
-  float acc = 0.f;
+  using Word = Packed<float, VEC>;
+  float acc[VEC] = {};
+  auto add = [&](const Word& w) {
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) acc[j] += w.v[j];
+  };
   if (col < p.hidden) {
     const float* column = partials + col;
     int64_t k = threadIdx.y;
-    for (; k + (kSumBatch - 1) * kSumLanes < summed; k += kSumBatch * kSumLanes) {
-      float batch[kSumBatch];
+    for (; k + (kSumBatch - 1) * lanes < summed; k += kSumBatch * lanes) {
+      Word batch[kSumBatch];
 #pragma unroll
-      for (int b = 0; b < kSumBatch; ++b) batch[b] = column[(k + b * kSumLanes) * p.hidden];
+      for (int b = 0; b < kSumBatch; ++b) batch[b] = load_packed<float, VEC>(column + (k + b * lanes) * p.hidden);
 #pragma unroll
-      for (int b = 0; b < kSumBatch; ++b) acc += batch[b];
+      for (int b = 0; b < kSumBatch; ++b) add(batch[b]);
     }
-    for (; k < summed; k += kSumLanes) acc += column[k * p.hidden];
+    for (; k < summed; k += lanes) add(load_packed<float, VEC>(column + k * p.hidden));
   }
-  sums[threadIdx.y][threadIdx.x] = acc;
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) sums[threadIdx.y][threadIdx.x * VEC + j] = acc[j];
   __syncthreads();
   if (threadIdx.y == 0 && col < p.hidden) {
-    float total = 0.f;
-    for (int k = 0; k < kSumLanes; ++k) total += sums[k][threadIdx.x];
-    static_cast<W*>(p.dweight)[group * p.hidden + col] = from_float<W>(total);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      float total = 0.f;
+      for (int k = 0; k < lanes; ++k) total += sums[k][threadIdx.x * VEC + j];
+      static_cast<W*>(p.dweight)[group * p.hidden + col + j] = from_float<W>(total);
+    }
   }
+}
+
+// Launches sum_dweight_partials over the first `summed` partial rows of each weight row.
+template <typename W>
+cudaError_t launch_sum_partials(const BwdProblem& p, int64_t summed, cudaStream_t stream) {
+  const int vec = p.hidden % 4 == 0 && aligned_to(p.dweight_partials, 16) ? 4 : 1;
+  const int lanes = summed >= kSumLanes ? kSumLanes : next_pow2(summed);
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.hidden, int64_t{kSumCols} * vec)),
+                  static_cast<unsigned>(p.weight_rows));
+  const dim3 block(kSumCols, lanes);
+  return vec == 4 ? launch(sum_dweight_partials<W, 4>, grid, block, 0, 1, stream, p, summed)
+                  : launch(sum_dweight_partials<W, 1>, grid, block, 0, 1, stream, p, summed);
 }
 
 // Launches the row kernel for launch `l`; `summed` gets how many partial rows per weight
@@ -506,6 +707,32 @@ cudaError_t launch_bwd(const BwdProblem& p, const BwdLaunch& l, cudaStream_t str
                          /*cooperative=*/true, stream, p, l.tiles, static_cast<int>(lanes), exchange, arrivals);
     }
   }
+  if (l.kernel == FwdKernel::kStaged) {
+    if constexpr (VEC * sizeof(T) == 16) {
+      BwdStagedMap m;
+      m.cluster_log2 = ceil_log2(l.cluster);
+      m.stages = l.stages;
+      m.inv_hidden = static_cast<float>(1.0 / static_cast<double>(p.hidden));
+      const size_t smem = staged_bytes(l.block, l.chunks, VEC, l.stages, 2, 0);
+      const bool fused = p.d_new_residual != nullptr;
+      auto kernel = fused ? rms_norm_bwd_staged<T, W, VEC, kBwdStagedChunks, true>
+                          : rms_norm_bwd_staged<T, W, VEC, kBwdStagedChunks, false>;
+      {
+        // Persistent: as many clusters as run at once, at most one per partial row and row.
+        int64_t clusters = max_active_clusters(kernel, l.block, smem, l.cluster);
+        if (clusters <= 0) return cudaErrorInvalidConfiguration;
+        if (clusters > p.ctas_per_weight_row) clusters = p.ctas_per_weight_row;
+        if (clusters > p.rows_per_weight) clusters = p.rows_per_weight > 1 ? p.rows_per_weight : 1;
+        m.clusters_per_group = clusters;
+        summed = clusters;
+        const int64_t grid = p.weight_rows * clusters * l.cluster;
+        if (grid > 0x7fffffff) return cudaErrorInvalidConfiguration;
+        return launch(kernel, dim3(static_cast<unsigned>(grid)), dim3(l.block), smem, l.cluster, stream, p, m);
+      }
+    } else {
+      return cudaErrorInvalidConfiguration;  // refused by check_bwd_launch first
+    }
+  }
   if (l.kernel != FwdKernel::kRegisters) {
     return launch(rms_norm_bwd_streaming<T, W, VEC>, dim3(static_cast<unsigned>(units)), dim3(kMaxBlock), 0,
                   1, stream, p);
@@ -518,6 +745,30 @@ cudaError_t launch_bwd(const BwdProblem& p, const BwdLaunch& l, cudaStream_t str
                   dim3(static_cast<unsigned>(units * l.cluster)), dim3(l.block), smem, l.cluster, stream, p,
                   l.threads_per_row, l.cluster, l.stages);
   });
+}
+
+// The largest cluster a backward launch may take: probed on the staged kernel at the most
+// shared memory the chooser gives one of its CTAs.
+int max_backward_cluster() {
+  return largest_cluster<rms_norm_bwd_staged<__nv_bfloat16, float, 8, kBwdStagedChunks, false>>(
+      kRegistersBlock, size_t(staged_bytes(kRegistersBlock, kBwdStagedChunks, 8, kBwdStagedStages, 2, 0)),
+      kMaxCluster);
+}
+
+bool is_pow2(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
+
+// The staged kernel's limits, for launches given from outside (kernel_sweep); empty when
+// `l` is one it runs.
+std::string check_staged_bwd(const BwdLaunch& l, int64_t hidden, int elem_bytes) {
+  if (l.vec * elem_bytes != 16) return "staged launch: 16-byte accesses only";
+  if (!is_pow2(l.block) || l.block < 2 * kWarp || l.block > kRegistersBlock || l.threads_per_row != l.block ||
+      l.chunks != kBwdStagedChunks || !is_pow2(l.cluster) || l.cluster > kMaxCluster ||
+      l.stages < 3 || l.stages > kMaxStages) {
+    return "staged launch: 4 chunks, 3 or 4 stages, counts powers of two within the kernel's limits";
+  }
+  if (ceil_div(hidden, l.vec) > int64_t{l.cluster} * l.block * l.chunks) return "staged launch: the row does not fit its cluster";
+  if (max_cluster_size() < 2) return "staged launch: needs sm_90 or newer";
+  return {};
 }
 
 }  // namespace
@@ -533,9 +784,14 @@ std::string rms_norm_bwd_cuda(const BwdProblem& p, cudaStream_t stream, const Bw
       (p.dweight_partials == nullptr || aligned_to(p.dweight_partials, 16)) &&
       (p.weight == nullptr ||
        aligned_to(p.weight, weight_alignment(vec, dtype_bytes(p.weight_dtype))));
-  const BwdLaunch l =
-      chosen != nullptr ? *chosen : choose_bwd_launch(p.hidden, elem_bytes, vector_ok, max_cluster_size());
+  const BwdLaunch l = chosen != nullptr
+                          ? *chosen
+                          : choose_bwd_launch(p.hidden, elem_bytes, vector_ok, max_backward_cluster());
   if (l.vec != 1 && !vector_ok) return "vector launch for unaligned buffers";
+  if (l.kernel == FwdKernel::kStaged) {
+    const std::string bad = check_staged_bwd(l, p.hidden, elem_bytes);
+    if (!bad.empty()) return bad;
+  }
   if (p.weight_rows * p.ctas_per_weight_row * l.cluster > 0x7fffffff) return "too many CTAs for one launch";
   if (p.weight_rows > 65535) return "too many weight rows (vmap size) for one launch";
   // row_sum's cluster exchange relies on its barrier over the whole CTA (reduce.cuh).
@@ -552,8 +808,7 @@ std::string rms_norm_bwd_cuda(const BwdProblem& p, cudaStream_t stream, const Bw
     // The register kernel writes dweight itself when one CTA covers a weight row.
     const bool direct = l.kernel == FwdKernel::kRegisters && p.ctas_per_weight_row == 1;
     if (e != cudaSuccess || p.dweight == nullptr || direct) return e;
-    const dim3 grid(static_cast<unsigned>(ceil_div(p.hidden, kSumCols)), static_cast<unsigned>(p.weight_rows));
-    return launch(sum_dweight_partials<W>, grid, dim3(kSumCols, kSumLanes), 0, 1, stream, p, summed);
+    return launch_sum_partials<W>(p, summed, stream);
   });
   if (err != cudaSuccess) return std::string("kernel launch failed: ") + cudaGetErrorString(err);
   return {};

@@ -16,6 +16,7 @@
 #include "kernels/numeric.cuh"
 #include "kernels/reduce.cuh"
 #include "kernels/rms_norm_cuda.h"
+#include "kernels/staging.cuh"
 
 namespace jax_rmsnorm {
 namespace {
@@ -218,63 +219,37 @@ __global__ void __launch_bounds__(kRegistersBlock, CHUNKS <= 4 ? 2 : 1)
   // 128-byte aligned, as the backward's staging.
   extern __shared__ __align__(128) unsigned char staged_shared[];
   __shared__ RowSumScratch scratch;
-  __shared__ unsigned long long stage_landed[kMaxStages];  // one phase per row copied in
+  __shared__ unsigned long long stage_landed[kMaxStages];
   const int cluster = 1 << m.cluster_log2;
   start_cluster(scratch, cluster);
 
   const int block = blockDim.x;
-  const int slice = CHUNKS * block;  // accesses
   const bool fused = p.residual != nullptr;
-  const int arrays = fused ? 2 : 1;
-  Word* ring = reinterpret_cast<Word*>(staged_shared);
-  auto slot = [&](int stage, int array) { return ring + (stage * arrays + array) * slice; };
-  Packed<W, VEC>* weight_slice = reinterpret_cast<Packed<W, VEC>*>(ring + m.stages * arrays * slice);
   const int rank = blockIdx.x & (cluster - 1);
-  // This CTA's accesses of a row: [first, first + count); this thread's chunk c is
-  // access first + c * block + threadIdx.x (fits 32 bits: check_launch).
-  const int units = static_cast<int>(p.hidden / VEC);
-  const int first = rank * slice;
-  const int count = units - first < slice ? (units > first ? units - first : 0) : slice;
+  StagedSlices ring(staged_shared, stage_landed, static_cast<int>(p.hidden / VEC), CHUNKS * block, rank,
+                    fused ? 2 : 1, m.stages, p.hidden * int64_t{sizeof(T)});
+  ring.sources[0] = static_cast<const unsigned char*>(p.x);
+  ring.sources[1] = static_cast<const unsigned char*>(p.residual);
+  auto* weight_slice = static_cast<Packed<W, VEC>*>(ring.end());
+  const int first = ring.first, count = ring.count;
   auto mine = [&](int c) { return c * block + static_cast<int>(threadIdx.x); };  // index in the slice
   const int64_t clusters = gridDim.x >> m.cluster_log2;
   const int64_t first_row = blockIdx.x >> m.cluster_log2;
-  auto barrier = [&](int stage) { return shared_address(&stage_landed[stage]); };
-
   // Thread 0: copies this CTA's slice of step k's row (and of its residual) into a stage.
-  auto stage_row = [&](int64_t k, int stage) {
+  auto stage_row = [&](int64_t k, int stage, bool refill) {
     const int64_t row = first_row + k * clusters;
     if (row >= p.rows) return;
-    const int64_t at = row * p.hidden + int64_t{first} * VEC;
-    const int bytes = count * 16;
-    arrive_expecting_bytes(barrier(stage), bytes * arrays);
-    if (bytes == 0) return;
-    bulk_copy_to_shared(slot(stage, 0), static_cast<const T*>(p.x) + at, bytes, barrier(stage));
-    if (fused) bulk_copy_to_shared(slot(stage, 1), static_cast<const T*>(p.residual) + at, bytes, barrier(stage));
-  };
-  if (threadIdx.x == 0) {
-    for (int stage = 0; stage < m.stages; ++stage) init_mbarrier(barrier(stage), 1);
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");  // visible to the bulk copies
-  }
-  // Each thread copies its own weight accesses (a weight access may be under 16 bytes,
-  // too small for the slice's bulk copy) and reads back only those.
-  if (m.weight_in_smem) {
-    constexpr int kWeightBytes = VEC * sizeof(W);
-    constexpr int kPiece = kWeightBytes < 16 ? kWeightBytes : 16;
-    const W* weight = static_cast<const W*>(p.weight);
-#pragma unroll
-    for (int c = 0; c < CHUNKS; ++c) {
-      if (mine(c) < count) {
-        auto* dst = reinterpret_cast<unsigned char*>(&weight_slice[mine(c)]);
-        const auto* src = reinterpret_cast<const unsigned char*>(weight + int64_t{first + mine(c)} * VEC);
-#pragma unroll
-        for (int b = 0; b < kWeightBytes; b += kPiece) copy_async<kPiece>(dst + b, src + b);
-      }
+    if (refill) {
+      ring.refill(row, stage);
+    } else {
+      ring.copy_row(row, stage);
     }
-    commit_async_copies();
-  }
+  };
+  if (threadIdx.x == 0) ring.init_barriers();
+  if (m.weight_in_smem) copy_weight_slice<W, VEC, CHUNKS>(weight_slice, static_cast<const W*>(p.weight), first, count);
   __syncthreads();  // the mbarriers are initialized before anyone waits on them
   if (threadIdx.x == 0) {
-    for (int k = 0; k < m.stages; ++k) stage_row(k, k);
+    for (int k = 0; k < m.stages; ++k) stage_row(k, k, false);
   }
   wait_async_copies(0);
 
@@ -282,13 +257,13 @@ __global__ void __launch_bounds__(kRegistersBlock, CHUNKS <= 4 ? 2 : 1)
   for (int64_t k = 0;; ++k) {
     const int64_t row = first_row + k * clusters;
     if (row >= p.rows) break;  // the same for every CTA of the cluster
-    wait_mbarrier_phase(barrier(stage), phase);
-    const Word* xs = slot(stage, 0);
+    ring.wait(stage, phase);
+    const Word* xs = ring.slot(stage, 0);
     Packed<T, VEC> s[CHUNKS];
 #pragma unroll
     for (int c = 0; c < CHUNKS; ++c) s[c] = unpack<T, VEC>(mine(c) < count ? xs[mine(c)] : Word{});
     if (fused) {
-      const Word* rs = slot(stage, 1);
+      const Word* rs = ring.slot(stage, 1);
 #pragma unroll
       for (int c = 0; c < CHUNKS; ++c) {
         if (mine(c) < count) add_residual(s[c], unpack<T, VEC>(rs[mine(c)]));
@@ -308,10 +283,7 @@ __global__ void __launch_bounds__(kRegistersBlock, CHUNKS <= 4 ? 2 : 1)
     // Past row_sum's CTA barrier every thread has this stage in registers: refill it
     // there, before the cluster exchange waits (blocks have more than a warp).
     auto refill = [&] {
-      if (threadIdx.x == 0) {
-        fence_shared_for_bulk_copies();
-        stage_row(k + m.stages, stage);
-      }
+      if (threadIdx.x == 0) stage_row(k + m.stages, stage, true);
     };
     const float rstd =
         inverse_rms(row_sum(sum_sq, block, cluster, scratch, static_cast<int>(k), refill), m.inv_hidden, p.eps);
@@ -468,19 +440,11 @@ cudaError_t launch_vec(const FwdProblem& p, const FwdLaunch& l, cudaStream_t str
   return launch_registers<T, W, O, VEC>(p, l, inv_hidden, stream);
 }
 
-// The largest cluster a forward launch may take: 16 (beyond the portable 8) where the
-// device runs one of the staged kernel's, else max_cluster_size(). Probed once per device,
-// at the most shared memory the chooser gives a staged CTA (one CTA a SM, so all 16 in one
-// GPC): a probe at less could pass where the chooser's largest launch does not fit.
+// The largest cluster a forward launch may take: probed on the staged kernel at the most
+// shared memory the chooser gives one of its CTAs (one CTA a SM, so all 16 in one GPC).
 int max_forward_cluster() {
-  static std::atomic<int> cached[kMaxDevices];
-  const int portable = max_cluster_size();
-  if (portable < 2) return portable;
-  return once_per_device(cached, portable, [&](int) {
-    auto probe = rms_norm_fwd_staged<__nv_bfloat16, float, __nv_bfloat16, 8, kTargetChunks>;
-    return max_active_clusters(probe, kRegistersBlock, size_t{kStagedMaxBytes}, kMaxCluster) > 0 ? kMaxCluster
-                                                                                               : portable;
-  });
+  return largest_cluster<rms_norm_fwd_staged<__nv_bfloat16, float, __nv_bfloat16, 8, kTargetChunks>>(
+      kRegistersBlock, size_t{kStagedMaxBytes}, kMaxCluster);
 }
 
 }  // namespace
