@@ -186,6 +186,14 @@ int64_t max_active_clusters(Kernel kernel, int block, size_t smem, int cluster) 
   return clusters;
 }
 
+// The grid of a persistent kernel, in clusters: as many as run at once (max_active_clusters),
+// at most `at_most` (>= 1); 0 on error.
+template <typename Kernel>
+int64_t persistent_clusters(Kernel kernel, int block, size_t smem, int cluster, int64_t at_most) {
+  const int64_t clusters = max_active_clusters(kernel, block, smem, cluster);
+  return clusters < at_most ? clusters : at_most;
+}
+
 // The largest cluster a launch of `Kernel` may take: `wanted` (beyond the portable 8)
 // where the device runs one at `block` threads and `smem` bytes, else max_cluster_size().
 // Probe at the most shared memory the kernel's launches take: a probe at less could pass

@@ -6,7 +6,7 @@
 namespace jax_rmsnorm {
 
 // kRowTiles: backward only (long rows split into column tiles over a cooperative grid).
-// kStaged: forward only (long rows, persistent clusters, rows staged in shared memory).
+// kStaged: long rows over persistent clusters, rows staged in shared memory (sm_90).
 enum class FwdKernel { kRegisters, kStreaming, kRowTiles, kStaged };
 
 struct FwdLaunch {
@@ -61,6 +61,8 @@ inline int ceil_log2(int64_t v) {
 }
 
 inline int next_pow2(int64_t v) { return 1 << ceil_log2(v); }
+
+inline bool is_pow2(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
 
 // CTAs a forward launch takes for `rows`: one a row (streaming), `cluster` or `split` a
 // row, else block / threads_per_row rows to a CTA; 0 for the staged kernel, whose grid

@@ -7,10 +7,13 @@
 //  - rms_norm_bwd_registers: dy and s staged through shared memory (cp.async), one read
 //    of each; a row shared by the threads of a CTA, or for long rows by a cluster of CTAs
 //    (each with a column slice; the cluster writes one partial row).
-//  - rms_norm_bwd_staged (sm_90): rows longer than the register kernel's clusters hold;
-//    persistent clusters of 512-thread CTAs, each CTA's slice of the next rows bulk-copied
-//    into a shared-memory ring (staging.cuh), one partial row per cluster.
-//  - rms_norm_bwd_row_tiles: rows longer than that, or without 16-byte access; each row split into column
+//  - rms_norm_bwd_staged (sm_90): rows of 8192 bf16 / 4096 float32 elements and more on the
+//    vector grid; persistent clusters, each CTA's slice of the next rows bulk-copied into
+//    a shared-memory ring (staging.cuh), one row's cluster exchange overlapped with the
+//    next row's dot product, one partial row per cluster.
+//  - rms_norm_bwd_row_tiles: rows the staged kernel does not take (sm_80, off the vector
+//    grid, float32 beyond 131072) and the register kernel's CTA or cluster (of at most 8,
+//    sm_90) does not hold; each row split into column
 //    tiles over CTAs of a cooperative grid, which add their dot products through global
 //    memory (a counter per row says when all are in), the tile kept in registers: still
 //    one read of each.
@@ -717,20 +720,19 @@ cudaError_t launch_bwd(const BwdProblem& p, const BwdLaunch& l, cudaStream_t str
       const bool fused = p.d_new_residual != nullptr;
       auto kernel = fused ? rms_norm_bwd_staged<T, W, VEC, kBwdStagedChunks, true>
                           : rms_norm_bwd_staged<T, W, VEC, kBwdStagedChunks, false>;
-      {
-        // Persistent: as many clusters as run at once, at most one per partial row and row.
-        int64_t clusters = max_active_clusters(kernel, l.block, smem, l.cluster);
-        if (clusters <= 0) return cudaErrorInvalidConfiguration;
-        if (clusters > p.ctas_per_weight_row) clusters = p.ctas_per_weight_row;
-        if (clusters > p.rows_per_weight) clusters = p.rows_per_weight > 1 ? p.rows_per_weight : 1;
-        m.clusters_per_group = clusters;
-        summed = clusters;
-        const int64_t grid = p.weight_rows * clusters * l.cluster;
-        if (grid > 0x7fffffff) return cudaErrorInvalidConfiguration;
-        return launch(kernel, dim3(static_cast<unsigned>(grid)), dim3(l.block), smem, l.cluster, stream, p, m);
-      }
+      // Persistent, per weight row: at most one cluster per partial row and per row (one
+      // cluster when there are no rows: it writes the zero partial).
+      const int64_t rows = p.rows_per_weight > 1 ? p.rows_per_weight : 1;
+      const int64_t clusters = persistent_clusters(kernel, l.block, smem, l.cluster,
+                                                   p.ctas_per_weight_row < rows ? p.ctas_per_weight_row : rows);
+      if (clusters <= 0) return cudaErrorInvalidConfiguration;
+      m.clusters_per_group = clusters;
+      summed = clusters;
+      const int64_t grid = p.weight_rows * clusters * l.cluster;
+      if (grid > 0x7fffffff) return cudaErrorInvalidConfiguration;
+      return launch(kernel, dim3(static_cast<unsigned>(grid)), dim3(l.block), smem, l.cluster, stream, p, m);
     } else {
-      return cudaErrorInvalidConfiguration;  // refused by check_bwd_launch first
+      return cudaErrorInvalidConfiguration;  // refused by check_staged_bwd first
     }
   }
   if (l.kernel != FwdKernel::kRegisters) {
@@ -754,8 +756,6 @@ int max_backward_cluster() {
       kRegistersBlock, size_t(staged_bytes(kRegistersBlock, kBwdStagedChunks, 8, kBwdStagedStages, 2, 0)),
       kMaxCluster);
 }
-
-bool is_pow2(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
 
 // The staged kernel's limits, for launches given from outside (kernel_sweep); empty when
 // `l` is one it runs.

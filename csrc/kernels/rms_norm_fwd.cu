@@ -341,8 +341,6 @@ __global__ void __launch_bounds__(kMaxBlock) rms_norm_fwd_streaming(FwdProblem p
   }
 }
 
-bool is_pow2(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
-
 // A launch must cover every element of every row, once: checked before it runs, because
 // kernel_sweep passes launches of its own. Empty when it does.
 std::string check_launch(const FwdLaunch& l, int64_t rows, int64_t hidden, int elem_bytes, bool vector_ok) {
@@ -414,10 +412,10 @@ cudaError_t launch_staged(const FwdProblem& p, const FwdLaunch& l, float inv_hid
     constexpr int kChunks = decltype(chunks)::value;
     auto kernel = rms_norm_fwd_staged<T, W, O, VEC, kChunks>;
     int64_t grid = l.grid;
-    if (grid == 0) {  // persistent: as many clusters as run at once, at most one per row
-      const int64_t clusters = max_active_clusters(kernel, l.block, smem, l.cluster);
+    if (grid == 0) {  // persistent: at most one cluster a row
+      const int64_t clusters = persistent_clusters(kernel, l.block, smem, l.cluster, p.rows);
       if (clusters <= 0) return cudaErrorInvalidConfiguration;
-      grid = (clusters < p.rows ? clusters : p.rows) * l.cluster;
+      grid = clusters * l.cluster;
     }
     return launch(kernel, dim3(static_cast<unsigned>(grid)), dim3(l.block), smem, l.cluster, stream, p, m);
   });
