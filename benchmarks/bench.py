@@ -265,7 +265,7 @@ def main(argv=None):
       json.dump(record, f, indent=1)
     try:
       import plot  # benchmarks/plot.py, beside this file
-      print("plot:", plot.plot([args.json], os.path.splitext(args.json)[0] + ".png"))
+      print("plot:", plot.plot([args.json], os.path.splitext(args.json)[0] + ".png") or "none (only decode shapes)")
     except ImportError as e:  # matplotlib is optional
       print(f"no plot ({e})")
 

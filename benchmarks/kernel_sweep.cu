@@ -14,7 +14,8 @@
 // f32y=1: y in float32, hf=1: the HF order); bwd tpr, chunks,
 // block, cluster, stages, ctas, streaming=1, tiles=1 (the row-tile kernel), staged=1 (its
 // stages; ctas: partial rows, the clusters at most), registers=1 (the chooser without the
-// staged kernel); both offset=K (row buffers start K elements
+// staged kernel), few=0 (the chooser without the few-rows kernel; its cluster and tpr
+// set the rest of its shape; stages = rows per thread); both offset=K (row buffers start K elements
 // past an aligned address). `copy` measures device-to-device copy bandwidth.
 // Times are per call: CUDA-event medians over batches of 20 back-to-back launches (the
 // gaps between kernels included; decode-sized kernels are host-bound unless --graph
@@ -395,7 +396,8 @@ void run_backward(const std::string& spec, const Case& c, int reps) {
   std::vector<unsigned char> rstd_bytes(c.rows * 4);
   std::memcpy(rstd_bytes.data(), rstd_host.data(), rstd_bytes.size());
 
-  BwdLaunch l = choose_bwd_launch(c.hidden, eb, c.hidden % (16 / eb) == 0 && row_offset % 16 == 0);
+  const bool vector_ok = c.hidden % (16 / eb) == 0 && row_offset % 16 == 0;
+  BwdLaunch l = choose_bwd_launch(c.hidden, eb, vector_ok, kMaxCluster, c.get("few", 1) ? c.rows : 0);
   const int64_t units = ceil_div(c.hidden, l.vec);
   // The kernel first (forced or the chooser's), then the keys that override its launch.
   if (c.get("streaming", 0)) {
@@ -411,6 +413,12 @@ void run_backward(const std::string& spec, const Case& c, int reps) {
   l.block = int(c.get("block", l.block));
   l.stages = int(c.get("stages", l.stages));
   l.cluster = int(c.get("cluster", l.cluster));
+  // The few-rows kernel: its shape follows from tpr and cluster (fit_few_rows).
+  if (l.kernel == FwdKernel::kFewRows && !fit_few_rows(l, c.rows, units)) {
+    report(spec, "few-rows", 0, 0, "launch failed: the rows do not fit one cluster of that shape");
+    free_allocations();
+    return;
+  }
   int64_t default_ctas = bwd_ctas_per_weight_row(c.rows, c.hidden, eb);
   if (l.kernel == FwdKernel::kRowTiles) default_ctas = bwd_row_tile_partials(c.rows, l.tiles);
   if (l.kernel == FwdKernel::kStaged) default_ctas = bwd_staged_partials(c.rows, l);
@@ -442,6 +450,7 @@ void run_backward(const std::string& spec, const Case& c, int reps) {
                 l.kernel == FwdKernel::kStreaming  ? "streaming"
                 : l.kernel == FwdKernel::kRowTiles ? "row-tiles"
                 : l.kernel == FwdKernel::kStaged   ? "staged"
+                : l.kernel == FwdKernel::kFewRows  ? "few-rows"
                                                    : "registers",
                 l.vec, l.threads_per_row, l.chunks, l.block, l.cluster, l.stages, l.tiles, long(ctas));
   std::string err = rms_norm_bwd_cuda(problems[0], 0, &l);

@@ -19,16 +19,19 @@ MIN_ELEMENTS = 1 << 20
 
 
 def plot(paths, out):
+  """Writes the plot to `out` and returns it; None when no shape is large enough to plot."""
   results, device = [], ""
   for path in paths:
     with open(path) as f:
       record = json.load(f)
-    results += record["results"]
+    results += [r for r in record["results"] if r["rows"] * r["hidden"] >= MIN_ELEMENTS]
     device = record["device"]
+  if not results:
+    return None
   ops = list(dict.fromkeys(r["op"] for r in results))
   fig, axes = plt.subplots(1, len(ops), figsize=(4.2 * len(ops), 3.8), squeeze=False, sharey=True)
   for ax, op in zip(axes[0], ops):
-    rows = [r for r in results if r["op"] == op and r["rows"] * r["hidden"] >= MIN_ELEMENTS]
+    rows = [r for r in results if r["op"] == op]
     dtype = rows[0]["dtype"] if rows else ""
     rows = sorted((r for r in rows if r["dtype"] == dtype), key=lambda r: (r["hidden"], r["rows"]))
     hidden = [r["hidden"] for r in rows]

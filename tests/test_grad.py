@@ -151,17 +151,9 @@ def test_vmap_of_grad(device, rng, w_axis):
     np.testing.assert_allclose(np.asarray(g), np.asarray(wnt), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("hidden", [131072, 262144])
-@pytest.mark.parametrize("x_dtype,w_dtype", [(jnp.bfloat16, jnp.float32), (jnp.float32, jnp.float32)],
-                         ids=["bf16", "f32"])
-@pytest.mark.parametrize("rows", [1, 5, 9])
-def test_long_rows_with_weight_groups(device, rng, hidden, x_dtype, w_dtype, rows):
-  """Rows longer than the register kernel's clusters hold: on the GPU the staged kernel
-  (persistent clusters of up to 16 CTAs: bf16, and float32 at 131072), or column tiles
-  over a cooperative grid (float32 at 262144), a few rows in flight at a time (so 5 and 9
-  rows take several steps, some clusters or lanes idle), one dweight per weight row under
-  vmap, with the residual and its cotangent."""
-  groups = 3
+def check_weight_groups(device, rng, groups, rows, hidden, x_dtype, w_dtype):
+  """vmap over `groups` weight rows of the fused residual's vjp (with the new_residual
+  cotangent), each group's dx and dweight against the float64 reference."""
   x = random_array(rng, (groups, rows, hidden), x_dtype, scale=2.0, mean=0.5)
   r = random_array(rng, (groups, rows, hidden), x_dtype)
   w = random_array(rng, (groups, hidden), w_dtype, scale=0.5, mean=1.0)
@@ -179,6 +171,32 @@ def test_long_rows_with_weight_groups(device, rng, hidden, x_dtype, w_dtype, row
     (ds_ref, dw_ref), (ds_scale, dw_scale) = reference_grads64(x[g], r[g], w[g], ct_y[g], ct_new[g])
     assert_close(dx[g], ds_ref, x_dtype, f"dx[{g}]", rng.seed, atol=grad_atol(ds_ref, x_dtype, ds_scale))
     assert_close(dw[g], dw_ref, w_dtype, f"dweight[{g}]", rng.seed, atol=grad_atol(dw_ref, w_dtype, dw_scale))
+
+
+@pytest.mark.parametrize("hidden", [131072, 262144])
+@pytest.mark.parametrize("x_dtype,w_dtype", [(jnp.bfloat16, jnp.float32), (jnp.float32, jnp.float32)],
+                         ids=["bf16", "f32"])
+@pytest.mark.parametrize("rows", [1, 5, 9])
+def test_long_rows_with_weight_groups(device, rng, hidden, x_dtype, w_dtype, rows):
+  """Rows longer than the register kernel's clusters hold: on the GPU the staged kernel
+  (persistent clusters of up to 16 CTAs: bf16, and float32 at 131072), or column tiles
+  over a cooperative grid (float32 at 262144), a few rows in flight at a time (so 5 and 9
+  rows take several steps, some clusters or lanes idle), one dweight per weight row under
+  vmap, with the residual and its cotangent."""
+  check_weight_groups(device, rng, 3, rows, hidden, x_dtype, w_dtype)
+
+
+@pytest.mark.parametrize("hidden", [4096, 2048, 136])
+@pytest.mark.parametrize("x_dtype,w_dtype", [(jnp.bfloat16, jnp.float32), (jnp.float32, jnp.float32),
+                                             (jnp.float16, jnp.bfloat16)], ids=["bf16", "f32", "f16-bf16"])
+@pytest.mark.parametrize("rows", [1, 8, 33, 64])
+def test_decode_rows_with_weight_groups(device, rng, hidden, x_dtype, w_dtype, rows):
+  """Decode sizes: on the GPU the few-rows kernel (one cluster of up to 16 CTAs holds a
+  weight row's rows, each CTA a column slice; 33 and 64 rows give a thread several rows,
+  33 leaves row slots empty; at 136 float32 the second CTA's slice is mostly past the
+  row), or the register kernel where the rows do not fit one cluster (float32 at 4096
+  from 33 rows): dx and one dweight per weight row under vmap, with the residual."""
+  check_weight_groups(device, rng, 2, rows, hidden, x_dtype, w_dtype)
 
 
 def test_grad_of_scan_with_checkpoint(device, rng):

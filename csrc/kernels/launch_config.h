@@ -7,7 +7,8 @@ namespace jax_rmsnorm {
 
 // kRowTiles: backward only (long rows split into column tiles over a cooperative grid).
 // kStaged: long rows over persistent clusters, rows staged in shared memory (sm_90).
-enum class FwdKernel { kRegisters, kStreaming, kRowTiles, kStaged };
+// kFewRows: backward only (decode: one cluster holds all rows of a weight row at once).
+enum class FwdKernel { kRegisters, kStreaming, kRowTiles, kStaged, kFewRows };
 
 struct FwdLaunch {
   FwdKernel kernel = FwdKernel::kRegisters;
@@ -201,7 +202,8 @@ struct BwdLaunch {
   int threads_per_row = 1;  // within one CTA
   int cluster = 1;          // CTAs sharing one row (long rows): each owns a column slice
   int block = 1;
-  int stages = 1;  // row groups in the staging ring (kRegisters), the ring's rows (kStaged)
+  int stages = 1;  // row groups in the staging ring (kRegisters), the ring's rows (kStaged),
+                   // rows per thread (kFewRows)
   int tiles = 1;   // CTAs sharing one row, each with a column tile (kRowTiles)
 };
 
@@ -312,14 +314,66 @@ inline BwdLaunch choose_bwd_register_launch(int64_t hidden, int elem_bytes, bool
   return l;
 }
 
+// Few rows (decode), rms_norm_bwd_few_rows: one cluster per weight row holds all its rows
+// at once. CTA `rank` of the cluster owns the column slice of `chunks` x threads_per_row
+// accesses (threads_per_row at most a warp, so a row's CTA sum needs shuffles only) of
+// every row; its block / threads_per_row row slots take rows slot, slot + slots, ..., at
+// most kFewRowsItems (row, access) pairs a thread, all loaded at once. No partial rows:
+// the CTA writes the dweight of its slice. The register kernel there ran one CTA's
+// chain of 7.4 us for one row (ncu, H200: issue-bound at 2 warps a scheduler), 8.6 us for
+// 8 rows with the partial sums' second kernel, against XLA's 3.4-3.6.
+constexpr int64_t kFewRowsMax = 64;  // rows per weight row
+constexpr int kFewRowsItems = 4;     // (row, access) pairs per thread: 64 x 4096 bf16 over 16 CTAs of 512
+constexpr int kFewRowsMaxChunks = 2;  // accesses of a row per thread (4 spilled 20-40 bytes of 16-bit rows)
+constexpr int kFewRowsMaxBlock = 512;
+// Shared memory: the cluster's sums [rows][cluster], then the slots' dweight sums of the
+// slice [slots][chunks x threads_per_row x vec]; under the 48 KB a CTA has without opt-in.
+constexpr int64_t kFewRowsMaxBytes = 48 << 10;
+inline int64_t few_rows_bytes(const BwdLaunch& l, int64_t rows) {
+  return 4 * ((rows * l.cluster + 3) / 4 * 4 + int64_t{l.block} * l.chunks * l.vec);
+}
+// Fills in the few-rows launch of `l` (its vec, threads_per_row and cluster set) for
+// `rows` rows of `units` accesses: false when one cluster of that shape does not hold them.
+inline bool fit_few_rows(BwdLaunch& l, int64_t rows, int64_t units) {
+  if (rows < 1 || rows > kFewRowsMax || !is_pow2(l.threads_per_row) || l.threads_per_row > kWarp ||
+      !is_pow2(l.cluster)) {
+    return false;
+  }
+  l.kernel = FwdKernel::kFewRows;
+  l.chunks = next_pow2(ceil_div(units, int64_t{l.threads_per_row} * l.cluster));
+  // At least a warp (the shuffles take whole warps), at most kFewRowsMaxBlock threads.
+  int64_t slots = next_pow2(rows);
+  if (slots * l.threads_per_row < kWarp) slots = kWarp / l.threads_per_row;
+  if (slots * l.threads_per_row > kFewRowsMaxBlock) slots = kFewRowsMaxBlock / l.threads_per_row;
+  l.block = static_cast<int>(slots * l.threads_per_row);
+  l.stages = static_cast<int>(ceil_div(rows, slots));  // rows per thread
+  return l.chunks <= kFewRowsMaxChunks && l.chunks * l.stages <= kFewRowsItems &&
+         few_rows_bytes(l, rows) <= kFewRowsMaxBytes;
+}
+// The chooser's few-rows launch: a warp per row slice, as many CTAs as give each thread
+// one access of a row (at most `max_cluster`).
+inline bool use_few_rows_bwd(BwdLaunch& l, int64_t rows, int64_t units, int max_cluster) {
+  BwdLaunch few = l;
+  few.threads_per_row = units < kWarp ? next_pow2(units) : kWarp;
+  few.cluster = next_pow2(ceil_div(units, few.threads_per_row));
+  if (few.cluster > max_cluster) few.cluster = max_cluster;
+  if (!fit_few_rows(few, rows, units)) return false;
+  l = few;
+  return true;
+}
+
 // `max_cluster`: the largest cluster the device runs (16 on the H100 and H200; the
 // default, for the partial-buffer size below, which must not depend on the device: the
-// kernels are right for any), 1 without clusters.
-inline BwdLaunch choose_bwd_launch(int64_t hidden, int elem_bytes, bool vector_ok, int max_cluster = kMaxCluster) {
-  // Rows of 8K bf16 elements and more: the staged kernel (benchmarks/NOTES.md, entry 20).
+// kernels are right for any), 1 without clusters. `rows_per_weight`: the rows sharing a
+// weight row, when known (0: not, as for the partial-buffer size: the few-rows kernel
+// needs no partials).
+inline BwdLaunch choose_bwd_launch(int64_t hidden, int elem_bytes, bool vector_ok, int max_cluster = kMaxCluster,
+                                   int64_t rows_per_weight = 0) {
   BwdLaunch l;
   l.vec = vector_ok ? 16 / elem_bytes : 1;
   const int64_t units = ceil_div(hidden, l.vec);
+  if (vector_ok && use_few_rows_bwd(l, rows_per_weight, units, max_cluster)) return l;
+  // Rows of 8K bf16 elements and more: the staged kernel (benchmarks/NOTES.md, entry 20).
   if (vector_ok && units >= kBwdStagedMinUnits && max_cluster > 1 && use_staged_bwd(l, units, max_cluster)) return l;
   return choose_bwd_register_launch(hidden, elem_bytes, vector_ok, max_cluster);
 }

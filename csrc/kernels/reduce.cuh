@@ -21,9 +21,40 @@ struct RowSumScratch {
   unsigned long long cluster_arrived[kClusterSlots];
 };
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// The cluster barrier, in two halves: a CTA may write a peer's shared memory only once
+// every CTA of the cluster runs (arrive early, wait just before the first remote write).
+__device__ __forceinline__ void arrive_at_cluster_barrier() {
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wait_at_cluster_barrier() { asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory"); }
+
+// Makes this thread's mbarrier inits visible to the peers that pass the relaxed cluster barrier.
+__device__ __forceinline__ void fence_mbarrier_inits() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+
+__device__ __forceinline__ unsigned cluster_rank() {
+  unsigned rank;
+  asm("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(rank));
+  return rank;
+}
+
+// Stores `v` into CTA `peer` of the cluster, at the address of its shared memory that
+// `local` is in this CTA's, with st.async: the 4 bytes complete on the peer's mbarrier
+// at the address `landed` is here (release semantics at cluster scope).
+__device__ __forceinline__ void store_to_peer(unsigned local, unsigned landed, unsigned peer, float v) {
+  unsigned remote, remote_landed;
+  asm("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(local), "r"(peer));
+  asm("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote_landed) : "r"(landed), "r"(peer));
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];\n" ::"r"(remote),
+               "r"(__float_as_uint(v)), "r"(remote_landed)
+               : "memory");
+}
+#endif
+
 // A cluster that shares rows sets up the mbarriers its CTAs' sums land on, and arrives
-// at the cluster barrier that row_sum waits on before the first remote write (a CTA may
-// write a peer's shared memory only once every CTA of the cluster runs). Called first
+// at the cluster barrier that row_sum waits on before the first remote write. Called first
 // thing, so the wait finds the barrier complete: its latency hides behind the row's loads.
 __device__ __forceinline__ void start_cluster(RowSumScratch& scratch, int cluster_size) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -33,10 +64,9 @@ __device__ __forceinline__ void start_cluster(RowSumScratch& scratch, int cluste
       asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(shared_address(&scratch.cluster_arrived[slot]))
                    : "memory");
     }
-    // Makes the inits visible to the peers that pass the relaxed barrier below.
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    fence_mbarrier_inits();
   }
-  asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+  arrive_at_cluster_barrier();
 #endif
 }
 
@@ -102,21 +132,10 @@ __device__ __forceinline__ float row_sum_send(float v, int threads_per_row, int 
     const int slot = step % kClusterSlots;
     const unsigned sums = shared_address(&scratch.cluster_sums[slot][0]);
     const unsigned arrived = shared_address(&scratch.cluster_arrived[slot]);
-    if (step == 0) asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");  // see start_cluster
-    if (threadIdx.x == 0) {
-      asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(arrived),
-                   "r"(cluster_size * int(sizeof(float)))
-                   : "memory");
-    }
+    if (step == 0) wait_at_cluster_barrier();  // see start_cluster
+    if (threadIdx.x == 0) arrive_expecting_bytes(arrived, cluster_size * int(sizeof(float)));
     if (threadIdx.x < cluster_size) {
-      unsigned rank, remote_slot, remote_arrived;
-      asm("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(rank));
-      asm("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote_slot) : "r"(sums + unsigned(sizeof(float)) * rank),
-          "r"(threadIdx.x));
-      asm("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote_arrived) : "r"(arrived), "r"(threadIdx.x));
-      asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];\n" ::"r"(remote_slot),
-                   "r"(__float_as_uint(v)), "r"(remote_arrived)
-                   : "memory");
+      store_to_peer(sums + unsigned(sizeof(float)) * cluster_rank(), arrived, threadIdx.x, v);
     }
   }
 #endif

@@ -581,6 +581,169 @@ __global__ void __launch_bounds__(kRegistersBlock, 1) rms_norm_bwd_staged(BwdPro
 #endif
 }
 
+// What a few-rows CTA needs besides the problem (launch_config.h: fit_few_rows).
+struct BwdFewRowsMap {
+  int cluster_log2 = 0;     // CTAs of a weight row's cluster, each with a column slice
+  int lanes_log2 = 0;       // threads sharing a row in a CTA (at most a warp)
+  int rows_per_thread = 1;  // row slots of the CTA x this cover the weight row's rows
+  float inv_hidden = 0.f;
+};
+
+// Few rows (decode): one cluster per weight row holds all its rows at once. CTA `rank`
+// owns accesses [rank, rank + 1) x CHUNKS x lanes of every row; lanes-thread groups of
+// it (the row slots) take rows slot, slot + slots, ... Every thread issues all its loads
+// first; a row's dot product is summed over its lanes by shuffles, then over the cluster
+// in one exchange for all rows (each CTA's sum of row r lands in slot [r][rank] of every
+// CTA, by st.async, on one mbarrier); then dx, and the slice's dweight summed over the
+// CTA's slots in slot order and written directly: one kernel, no partial rows.
+template <typename T, typename W, int VEC, int CHUNKS>
+__global__ void __launch_bounds__(kFewRowsMaxBlock) rms_norm_bwd_few_rows(BwdProblem p, BwdFewRowsMap m) {
+  constexpr int kRows = kFewRowsItems / CHUNKS;  // the most rows a thread takes
+  using Word = WordOf<T, VEC>;
+  // [rows][cluster] the CTA sums of each row's dot product, then [slots][CHUNKS x lanes x
+  // VEC] the slots' dweight sums.
+  extern __shared__ __align__(16) float few_rows_shared[];
+  __shared__ unsigned long long sums_landed;
+  const int cluster = 1 << m.cluster_log2;
+  const int rows = static_cast<int>(p.rows_per_weight);
+  const int lanes = 1 << m.lanes_log2;
+  const int lane = threadIdx.x & (lanes - 1), slot = threadIdx.x >> m.lanes_log2;
+  const int slots = blockDim.x >> m.lanes_log2;
+  const int rank = blockIdx.x & (cluster - 1);
+  const int64_t group = blockIdx.x >> m.cluster_log2;
+  float* row_sums = few_rows_shared;
+  float* slot_dw = few_rows_shared + (rows * cluster + 3) / 4 * 4;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (cluster > 1) {
+    if (threadIdx.x == 0) {
+      init_mbarrier(shared_address(&sums_landed), 1);
+      fence_mbarrier_inits();
+    }
+    arrive_at_cluster_barrier();  // waited on before the first send: its latency hides behind the loads
+  }
+#endif
+  const int64_t units = p.hidden / VEC;
+  auto unit_of = [&](int c) { return (int64_t(rank) * CHUNKS + c) * lanes + lane; };
+  auto row_of = [&](int q) { return slot + q * slots; };
+  const int64_t first = group * p.rows_per_weight * p.hidden;
+  const T* dy = static_cast<const T*>(p.dy) + first;
+  const T* s = static_cast<const T*>(p.s) + first;
+  const bool fused = p.d_new_residual != nullptr;
+  const T* d_new_residual = fused ? static_cast<const T*>(p.d_new_residual) + first : dy;  // dy: never read
+
+  // Every load in flight before anything waits on one: rstd, dy, s, the d_new_residual
+  // term as machine words, then the weights.
+  Word dy_w[kRows][CHUNKS], s_w[kRows][CHUNKS], extra_w[kRows][CHUNKS];
+  float rstd[kRows];
+#pragma unroll
+  for (int q = 0; q < kRows; ++q) {
+    const bool row_ok = q < m.rows_per_thread && row_of(q) < rows;
+    rstd[q] = row_ok ? p.rstd[group * p.rows_per_weight + row_of(q)] : 0.f;
+#pragma unroll
+    for (int c = 0; c < CHUNKS; ++c) {
+      const bool ok = row_ok && unit_of(c) < units;
+      const int64_t at = row_of(q) * p.hidden + unit_of(c) * VEC;
+      dy_w[q][c] = load_word_or_zero<T, VEC>(dy + at, ok);
+      s_w[q][c] = load_word_or_zero<T, VEC>(s + at, ok);
+      extra_w[q][c] = load_word_or_zero<T, VEC>(d_new_residual + at, ok && fused);
+    }
+  }
+  const W* weight = weight_of_group<W>(p, group);
+  float w[CHUNKS][VEC];
+#pragma unroll
+  for (int c = 0; c < CHUNKS; ++c) {
+    if (unit_of(c) < units) {
+      load_weight<VEC>(weight, unit_of(c) * VEC, w[c]);
+    } else {
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) w[c][j] = 0.f;
+    }
+  }
+
+  // Each row's CTA sum: over the thread's accesses, then its lanes (xor butterfly: every
+  // lane gets the same bits), sent to every CTA of the cluster.
+  float sum[kRows];
+#pragma unroll
+  for (int q = 0; q < kRows; ++q) {
+    sum[q] = 0.f;
+#pragma unroll
+    for (int c = 0; c < CHUNKS; ++c) sum[q] += dot_g_n(unpack<T, VEC>(dy_w[q][c]), unpack<T, VEC>(s_w[q][c]), w[c], rstd[q]);
+#pragma unroll
+    for (int offset = kWarp / 2; offset > 0; offset /= 2) {
+      if (offset < lanes) sum[q] += __shfl_xor_sync(0xffffffffu, sum[q], offset);
+    }
+  }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (cluster > 1) {
+    // Lane l of a row's group sends its sum to CTAs l, l + lanes, ...; each CTA then adds
+    // the cluster's sums of a row in rank order: the same bits everywhere.
+    wait_at_cluster_barrier();
+    const unsigned landed = shared_address(&sums_landed);
+    if (threadIdx.x == 0) arrive_expecting_bytes(landed, rows * cluster * int(sizeof(float)));
+#pragma unroll
+    for (int q = 0; q < kRows; ++q) {
+      if (q < m.rows_per_thread && row_of(q) < rows) {
+        const unsigned local = shared_address(&row_sums[row_of(q) * cluster + rank]);
+        for (int peer = lane; peer < cluster; peer += lanes) store_to_peer(local, landed, peer, sum[q]);
+      }
+    }
+    wait_mbarrier_phase(landed, 0);
+#pragma unroll
+    for (int q = 0; q < kRows; ++q) {
+      if (q < m.rows_per_thread && row_of(q) < rows) {
+        float total = 0.f;
+        for (int r = 0; r < cluster; ++r) total += row_sums[row_of(q) * cluster + r];
+        sum[q] = total;
+      }
+    }
+  }
+#endif
+
+  // dx, and each thread's dweight sums over its rows, kept in its own entries of the
+  // slots' array (shared memory: registers hold the rows), e = (c * lanes + lane) * VEC + j.
+  const int slice = CHUNKS * lanes * VEC;
+  float* my_dw = slot_dw + slot * slice + lane * VEC;  // 16-byte aligned: VEC >= 4
+  const bool want_dweight = p.dweight != nullptr;
+  T* dx = static_cast<T*>(p.dx) + first;
+#pragma unroll
+  for (int q = 0; q < kRows; ++q) {
+    if (q >= m.rows_per_thread) break;
+    const bool row_ok = row_of(q) < rows;
+    const float mean_gn = sum[q] * m.inv_hidden;
+#pragma unroll
+    for (int c = 0; c < CHUNKS; ++c) {
+      float dw[VEC] = {};
+      if (row_ok && unit_of(c) < units) {
+        float residual_term[VEC];
+        const Packed<T, VEC> r = unpack<T, VEC>(extra_w[q][c]);  // zeros without d_new_residual
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) residual_term[j] = to_float(r.v[j]);
+        store_packed(dx + row_of(q) * p.hidden + unit_of(c) * VEC,
+                     input_grad(unpack<T, VEC>(dy_w[q][c]), unpack<T, VEC>(s_w[q][c]), w[c], rstd[q], mean_gn,
+                                residual_term, dw));
+      }
+      if (want_dweight) {
+#pragma unroll
+        for (int j = 0; j < VEC; j += 4) {
+          float4& to = *reinterpret_cast<float4*>(my_dw + c * lanes * VEC + j);
+          const float4 before = q == 0 ? make_float4(0.f, 0.f, 0.f, 0.f) : to;
+          to = make_float4(before.x + dw[j], before.y + dw[j + 1], before.z + dw[j + 2], before.w + dw[j + 3]);
+        }
+      }
+    }
+  }
+  if (p.dweight == nullptr) return;
+  // The slice's columns summed over the slots in slot order.
+  __syncthreads();
+  W* dweight = static_cast<W*>(p.dweight) + group * p.hidden;
+  const int64_t slice_first = int64_t(rank) * slice;
+  for (int e = threadIdx.x; e < slice && slice_first + e < p.hidden; e += blockDim.x) {
+    float total = 0.f;
+    for (int k = 0; k < slots; ++k) total += slot_dw[k * slice + e];
+    dweight[slice_first + e] = from_float<W>(total);
+  }
+}
+
 template <typename T, typename W, int VEC>
 __global__ void __launch_bounds__(kMaxBlock) rms_norm_bwd_streaming(BwdProblem p) {
   __shared__ RowSumScratch scratch;
@@ -735,6 +898,23 @@ cudaError_t launch_bwd(const BwdProblem& p, const BwdLaunch& l, cudaStream_t str
       return cudaErrorInvalidConfiguration;  // refused by check_staged_bwd first
     }
   }
+  if (l.kernel == FwdKernel::kFewRows) {
+    if constexpr (VEC * sizeof(T) == 16) {
+      BwdFewRowsMap m;
+      m.cluster_log2 = ceil_log2(l.cluster);
+      m.lanes_log2 = ceil_log2(l.threads_per_row);
+      m.rows_per_thread = l.stages;
+      m.inv_hidden = static_cast<float>(1.0 / static_cast<double>(p.hidden));
+      const size_t smem = few_rows_bytes(l, p.rows_per_weight);
+      const int64_t grid = p.weight_rows * l.cluster;
+      return dispatch_chunks<kFewRowsMaxChunks>(l.chunks, [&](auto chunks) {
+        return launch(rms_norm_bwd_few_rows<T, W, VEC, decltype(chunks)::value>, dim3(static_cast<unsigned>(grid)),
+                      dim3(l.block), smem, l.cluster, stream, p, m);
+      });
+    } else {
+      return cudaErrorInvalidConfiguration;  // refused by check_few_rows_bwd first
+    }
+  }
   if (l.kernel != FwdKernel::kRegisters) {
     return launch(rms_norm_bwd_streaming<T, W, VEC>, dim3(static_cast<unsigned>(units)), dim3(kMaxBlock), 0,
                   1, stream, p);
@@ -773,6 +953,17 @@ std::string check_staged_bwd(const BwdLaunch& l, int64_t hidden, int elem_bytes)
 
 }  // namespace
 
+// The few-rows kernel's limits, for launches given from outside (kernel_sweep); empty when
+// `l` is one it runs.
+std::string check_few_rows_bwd(const BwdLaunch& l, int64_t rows, int64_t hidden, bool vector_ok) {
+  BwdLaunch fitted = l;
+  if (l.vec == 1 || !vector_ok || !fit_few_rows(fitted, rows, ceil_div(hidden, l.vec)) || fitted.block != l.block ||
+      fitted.chunks != l.chunks || fitted.stages != l.stages || (l.cluster > 1 && max_backward_cluster() < l.cluster)) {
+    return "few-rows launch: 16-byte accesses, and the rows must fit one cluster of that shape";
+  }
+  return {};
+}
+
 std::string rms_norm_bwd_cuda(const BwdProblem& p, cudaStream_t stream, const BwdLaunch* chosen) {
   // No rows still writes dweight (zeros, through zero partials); no columns writes nothing.
   if (p.hidden == 0 || p.weight_rows == 0) return {};
@@ -786,16 +977,17 @@ std::string rms_norm_bwd_cuda(const BwdProblem& p, cudaStream_t stream, const Bw
        aligned_to(p.weight, weight_alignment(vec, dtype_bytes(p.weight_dtype))));
   const BwdLaunch l = chosen != nullptr
                           ? *chosen
-                          : choose_bwd_launch(p.hidden, elem_bytes, vector_ok, max_backward_cluster());
+                          : choose_bwd_launch(p.hidden, elem_bytes, vector_ok, max_backward_cluster(), p.rows_per_weight);
   if (l.vec != 1 && !vector_ok) return "vector launch for unaligned buffers";
-  if (l.kernel == FwdKernel::kStaged) {
-    const std::string bad = check_staged_bwd(l, p.hidden, elem_bytes);
+  if (l.kernel == FwdKernel::kStaged || l.kernel == FwdKernel::kFewRows) {
+    const std::string bad = l.kernel == FwdKernel::kStaged ? check_staged_bwd(l, p.hidden, elem_bytes)
+                                                           : check_few_rows_bwd(l, p.rows_per_weight, p.hidden, vector_ok);
     if (!bad.empty()) return bad;
   }
   if (p.weight_rows * p.ctas_per_weight_row * l.cluster > 0x7fffffff) return "too many CTAs for one launch";
   if (p.weight_rows > 65535) return "too many weight rows (vmap size) for one launch";
   // row_sum's cluster exchange relies on its barrier over the whole CTA (reduce.cuh).
-  if (l.cluster > 1 && (l.threads_per_row != l.block || l.block <= kWarp)) {
+  if (l.cluster > 1 && l.kernel != FwdKernel::kFewRows && (l.threads_per_row != l.block || l.block <= kWarp)) {
     return "cluster launch: one row per CTA, of more than a warp";
   }
 
@@ -805,8 +997,9 @@ std::string rms_norm_bwd_cuda(const BwdProblem& p, cudaStream_t stream, const Bw
     int64_t summed = 0;
     cudaError_t e = l.vec == 1 ? launch_bwd<T, W, 1>(p, l, stream, summed)
                                : launch_bwd<T, W, 16 / sizeof(T)>(p, l, stream, summed);
-    // The register kernel writes dweight itself when one CTA covers a weight row.
-    const bool direct = l.kernel == FwdKernel::kRegisters && p.ctas_per_weight_row == 1;
+    // The few-rows kernel writes dweight itself, the register kernel when one CTA covers a weight row.
+    const bool direct =
+        l.kernel == FwdKernel::kFewRows || (l.kernel == FwdKernel::kRegisters && p.ctas_per_weight_row == 1);
     if (e != cudaSuccess || p.dweight == nullptr || direct) return e;
     return launch_sum_partials<W>(p, summed, stream);
   });
