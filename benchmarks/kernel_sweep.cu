@@ -15,7 +15,7 @@
 // block, cluster, stages, ctas, streaming=1, tiles=1 (the row-tile kernel), staged=1 (its
 // stages; ctas: partial rows, the clusters at most), registers=1 (the chooser without the
 // staged kernel), few=0 (the chooser without the few-rows kernel; its cluster and tpr
-// set the rest of its shape; stages = rows per thread); both offset=K (row buffers start K elements
+// set the rest of its shape); both offset=K (row buffers start K elements
 // past an aligned address). `copy` measures device-to-device copy bandwidth.
 // Times are per call: CUDA-event medians over batches of 20 back-to-back launches (the
 // gaps between kernels included; decode-sized kernels are host-bound unless --graph

@@ -202,8 +202,7 @@ struct BwdLaunch {
   int threads_per_row = 1;  // within one CTA
   int cluster = 1;          // CTAs sharing one row (long rows): each owns a column slice
   int block = 1;
-  int stages = 1;  // row groups in the staging ring (kRegisters), the ring's rows (kStaged),
-                   // rows per thread (kFewRows)
+  int stages = 1;  // row groups in the staging ring (kRegisters), the ring's rows (kStaged)
   int tiles = 1;   // CTAs sharing one row, each with a column tile (kRowTiles)
 };
 
@@ -332,6 +331,10 @@ constexpr int64_t kFewRowsMaxBytes = 48 << 10;
 inline int64_t few_rows_bytes(const BwdLaunch& l, int64_t rows) {
   return 4 * ((rows * l.cluster + 3) / 4 * 4 + int64_t{l.block} * l.chunks * l.vec);
 }
+// Rows each thread of a few-rows launch takes: its CTA has block / threads_per_row row slots.
+inline int few_rows_per_thread(const BwdLaunch& l, int64_t rows) {
+  return static_cast<int>(ceil_div(rows, l.block / l.threads_per_row));
+}
 // Fills in the few-rows launch of `l` (its vec, threads_per_row and cluster set) for
 // `rows` rows of `units` accesses: false when one cluster of that shape does not hold them.
 inline bool fit_few_rows(BwdLaunch& l, int64_t rows, int64_t units) {
@@ -346,8 +349,7 @@ inline bool fit_few_rows(BwdLaunch& l, int64_t rows, int64_t units) {
   if (slots * l.threads_per_row < kWarp) slots = kWarp / l.threads_per_row;
   if (slots * l.threads_per_row > kFewRowsMaxBlock) slots = kFewRowsMaxBlock / l.threads_per_row;
   l.block = static_cast<int>(slots * l.threads_per_row);
-  l.stages = static_cast<int>(ceil_div(rows, slots));  // rows per thread
-  return l.chunks <= kFewRowsMaxChunks && l.chunks * l.stages <= kFewRowsItems &&
+  return l.chunks <= kFewRowsMaxChunks && l.chunks * few_rows_per_thread(l, rows) <= kFewRowsItems &&
          few_rows_bytes(l, rows) <= kFewRowsMaxBytes;
 }
 // The chooser's few-rows launch: a warp per row slice, as many CTAs as give each thread

@@ -21,38 +21,6 @@ struct RowSumScratch {
   unsigned long long cluster_arrived[kClusterSlots];
 };
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-// The cluster barrier, in two halves: a CTA may write a peer's shared memory only once
-// every CTA of the cluster runs (arrive early, wait just before the first remote write).
-__device__ __forceinline__ void arrive_at_cluster_barrier() {
-  asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ void wait_at_cluster_barrier() { asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory"); }
-
-// Makes this thread's mbarrier inits visible to the peers that pass the relaxed cluster barrier.
-__device__ __forceinline__ void fence_mbarrier_inits() {
-  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-}
-
-__device__ __forceinline__ unsigned cluster_rank() {
-  unsigned rank;
-  asm("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(rank));
-  return rank;
-}
-
-// Stores `v` into CTA `peer` of the cluster, at the address of its shared memory that
-// `local` is in this CTA's, with st.async: the 4 bytes complete on the peer's mbarrier
-// at the address `landed` is here (release semantics at cluster scope).
-__device__ __forceinline__ void store_to_peer(unsigned local, unsigned landed, unsigned peer, float v) {
-  unsigned remote, remote_landed;
-  asm("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(local), "r"(peer));
-  asm("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote_landed) : "r"(landed), "r"(peer));
-  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];\n" ::"r"(remote),
-               "r"(__float_as_uint(v)), "r"(remote_landed)
-               : "memory");
-}
-#endif
-
 // A cluster that shares rows sets up the mbarriers its CTAs' sums land on, and arrives
 // at the cluster barrier that row_sum waits on before the first remote write. Called first
 // thing, so the wait finds the barrier complete: its latency hides behind the row's loads.

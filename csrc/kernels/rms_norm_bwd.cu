@@ -903,7 +903,7 @@ cudaError_t launch_bwd(const BwdProblem& p, const BwdLaunch& l, cudaStream_t str
       BwdFewRowsMap m;
       m.cluster_log2 = ceil_log2(l.cluster);
       m.lanes_log2 = ceil_log2(l.threads_per_row);
-      m.rows_per_thread = l.stages;
+      m.rows_per_thread = few_rows_per_thread(l, p.rows_per_weight);
       m.inv_hidden = static_cast<float>(1.0 / static_cast<double>(p.hidden));
       const size_t smem = few_rows_bytes(l, p.rows_per_weight);
       const int64_t grid = p.weight_rows * l.cluster;
@@ -955,10 +955,10 @@ std::string check_staged_bwd(const BwdLaunch& l, int64_t hidden, int elem_bytes)
 
 // The few-rows kernel's limits, for launches given from outside (kernel_sweep); empty when
 // `l` is one it runs.
-std::string check_few_rows_bwd(const BwdLaunch& l, int64_t rows, int64_t hidden, bool vector_ok) {
+std::string check_few_rows_bwd(const BwdLaunch& l, int64_t rows, int64_t hidden, bool vector_ok, int max_cluster) {
   BwdLaunch fitted = l;
   if (l.vec == 1 || !vector_ok || !fit_few_rows(fitted, rows, ceil_div(hidden, l.vec)) || fitted.block != l.block ||
-      fitted.chunks != l.chunks || fitted.stages != l.stages || (l.cluster > 1 && max_backward_cluster() < l.cluster)) {
+      fitted.chunks != l.chunks || (l.cluster > 1 && l.cluster > max_cluster)) {
     return "few-rows launch: 16-byte accesses, and the rows must fit one cluster of that shape";
   }
   return {};
@@ -975,13 +975,14 @@ std::string rms_norm_bwd_cuda(const BwdProblem& p, cudaStream_t stream, const Bw
       (p.dweight_partials == nullptr || aligned_to(p.dweight_partials, 16)) &&
       (p.weight == nullptr ||
        aligned_to(p.weight, weight_alignment(vec, dtype_bytes(p.weight_dtype))));
+  const int max_cluster = max_backward_cluster();
   const BwdLaunch l = chosen != nullptr
                           ? *chosen
-                          : choose_bwd_launch(p.hidden, elem_bytes, vector_ok, max_backward_cluster(), p.rows_per_weight);
+                          : choose_bwd_launch(p.hidden, elem_bytes, vector_ok, max_cluster, p.rows_per_weight);
   if (l.vec != 1 && !vector_ok) return "vector launch for unaligned buffers";
   if (l.kernel == FwdKernel::kStaged || l.kernel == FwdKernel::kFewRows) {
     const std::string bad = l.kernel == FwdKernel::kStaged ? check_staged_bwd(l, p.hidden, elem_bytes)
-                                                           : check_few_rows_bwd(l, p.rows_per_weight, p.hidden, vector_ok);
+                                                           : check_few_rows_bwd(l, p.rows_per_weight, p.hidden, vector_ok, max_cluster);
     if (!bad.empty()) return bad;
   }
   if (p.weight_rows * p.ctas_per_weight_row * l.cluster > 0x7fffffff) return "too many CTAs for one launch";

@@ -51,7 +51,7 @@ struct StagedSlices {
   // Thread 0, before the CTA barrier that precedes every wait.
   __device__ void init_barriers() const {
     for (int stage = 0; stage < stages; ++stage) init_mbarrier(barrier(stage), 1);
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");  // visible to the bulk copies
+    fence_mbarrier_inits();  // visible to the bulk copies
   }
 
   // Thread 0: starts copying this CTA's slice of `row` of every array into `stage`.
