@@ -16,7 +16,8 @@
 // stages; ctas: partial rows, the clusters at most), registers=1 (the chooser without the
 // staged kernel), few=0 (the chooser without the few-rows kernel; its cluster and tpr
 // set the rest of its shape); both offset=K (row buffers start K elements
-// past an aligned address). `copy` measures device-to-device copy bandwidth.
+// past an aligned address). `copy` measures device-to-device copy bandwidth (1 GiB), `copy:MiB`
+// a copy of that size against it.
 // Times are per call: CUDA-event medians over batches of 20 back-to-back launches (the
 // gaps between kernels included; decode-sized kernels are host-bound unless --graph
 // replays the batch as a CUDA graph; --check-only skips timing) that rotate through input sets of 256 MB or more in all (beyond
@@ -278,6 +279,26 @@ int sets_for(double set_bytes) {
   return static_cast<int>(std::clamp(std::ceil(256e6 / set_bytes), 2.0, 64.0));
 }
 
+// copy:MiB: a device-to-device copy of that many MiB (read + written counted), rotating
+// over buffers beyond L2 as the kernels' inputs do: how close a transfer of that size
+// itself gets to the 1 GiB copy (a short kernel's ramp and tail), the physical limit a
+// kernel moving the same bytes is held against.
+void measure_sized_copy(const std::string& spec, int64_t mib, int reps) {
+  const int64_t bytes = mib << 20;
+  const int sets = sets_for(2.0 * double(bytes));
+  std::vector<void*> from(sets), to(sets);
+  for (int s = 0; s < sets; ++s) {
+    from[s] = device_alloc(bytes, 0);
+    CHECK(cudaMemset(from[s], 1, bytes));
+    to[s] = device_alloc(bytes, 0);
+  }
+  const double us = time_us(sets, reps, [&](int s, cudaStream_t st) {
+    CHECK(cudaMemcpyAsync(to[s], from[s], bytes, cudaMemcpyDeviceToDevice, st));
+  });
+  report(spec, "cudaMemcpyAsync", us, 2.0 * double(bytes), "");
+  free_allocations();
+}
+
 void run_forward(const std::string& spec, const Case& c, int reps) {
   const bool residual = c.op == "res";
   const int eb = dtype_bytes(c.dtype);
@@ -501,6 +522,8 @@ int main(int argc, char** argv) {
       reps = std::atoi(spec.c_str() + 7);
     } else if (spec == "copy") {
       measure_copy();
+    } else if (spec.rfind("copy:", 0) == 0) {
+      measure_sized_copy(spec, std::atoll(spec.c_str() + 5), reps);
     } else {
       const Case c = parse(spec);
       row_offset = c.get("offset", 0) * dtype_bytes(c.dtype);

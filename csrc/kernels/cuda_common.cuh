@@ -284,17 +284,31 @@ __device__ __forceinline__ unsigned shared_address(const void* p) {
   return static_cast<unsigned>(__cvta_generic_to_shared(p));
 }
 
-// Blocks until the phase of `parity` of the mbarrier at `barrier` completes. Acquire at
-// cluster scope: the bytes that complete it come from the peers' st.async (a release at
-// cluster scope), and a .cta acquire would not formally pair with them. A plain `bra`:
+// Which writes a completed mbarrier phase makes visible to the waiting thread.
+// kCluster: peers' st.async (a release at cluster scope; a .cta acquire would not formally
+// pair with it). kCta: bulk copies into this CTA's own shared memory, as CUTLASS's TMA
+// pipelines wait; the cluster-scope acquire costs an L1 invalidate (CCTL.IVALL) a wait.
+enum class WaitScope { kCta, kCluster };
+
+// Blocks until the phase of `parity` of the mbarrier at `barrier` completes. A plain `bra`:
 // try_wait's result need not be uniform across the warp.
+template <WaitScope kScope>
 __device__ __forceinline__ void wait_mbarrier_phase(unsigned barrier, int parity) {
-  asm volatile(
-      "{\n .reg .pred done;\n"
-      "MBARRIER_WAIT:\n"
-      " mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n"
-      " @!done bra MBARRIER_WAIT;\n}\n" ::"r"(barrier), "r"(parity)
-      : "memory");
+  if constexpr (kScope == WaitScope::kCluster) {
+    asm volatile(
+        "{\n .reg .pred done;\n"
+        "MBARRIER_WAIT:\n"
+        " mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n"
+        " @!done bra MBARRIER_WAIT;\n}\n" ::"r"(barrier), "r"(parity)
+        : "memory");
+  } else {
+    asm volatile(
+        "{\n .reg .pred done;\n"
+        "MBARRIER_WAIT:\n"
+        " mbarrier.try_wait.parity.acquire.cta.shared::cta.b64 done, [%0], %1;\n"
+        " @!done bra MBARRIER_WAIT;\n}\n" ::"r"(barrier), "r"(parity)
+        : "memory");
+  }
 }
 
 __device__ __forceinline__ void init_mbarrier(unsigned barrier, int arrivals) {

@@ -625,6 +625,7 @@ __global__ void __launch_bounds__(kFewRowsMaxBlock) rms_norm_bwd_few_rows(BwdPro
   const int64_t units = p.hidden / VEC;
   auto unit_of = [&](int c) { return (int64_t(rank) * CHUNKS + c) * lanes + lane; };
   auto row_of = [&](int q) { return slot + q * slots; };
+  auto has_row = [&](int q) { return q < m.rows_per_thread && row_of(q) < rows; };  // a real row in slot q
   const int64_t first = group * p.rows_per_weight * p.hidden;
   const T* dy = static_cast<const T*>(p.dy) + first;
   const T* s = static_cast<const T*>(p.s) + first;
@@ -637,7 +638,7 @@ __global__ void __launch_bounds__(kFewRowsMaxBlock) rms_norm_bwd_few_rows(BwdPro
   float rstd[kRows];
 #pragma unroll
   for (int q = 0; q < kRows; ++q) {
-    const bool row_ok = q < m.rows_per_thread && row_of(q) < rows;
+    const bool row_ok = has_row(q);
     rstd[q] = row_ok ? p.rstd[group * p.rows_per_weight + row_of(q)] : 0.f;
 #pragma unroll
     for (int c = 0; c < CHUNKS; ++c) {
@@ -668,10 +669,7 @@ __global__ void __launch_bounds__(kFewRowsMaxBlock) rms_norm_bwd_few_rows(BwdPro
     sum[q] = 0.f;
 #pragma unroll
     for (int c = 0; c < CHUNKS; ++c) sum[q] += dot_g_n(unpack<T, VEC>(dy_w[q][c]), unpack<T, VEC>(s_w[q][c]), w[c], rstd[q]);
-#pragma unroll
-    for (int offset = kWarp / 2; offset > 0; offset /= 2) {
-      if (offset < lanes) sum[q] += __shfl_xor_sync(0xffffffffu, sum[q], offset);
-    }
+    sum[q] = lane_group_sum(sum[q], lanes);
   }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if (cluster > 1) {
@@ -682,15 +680,15 @@ __global__ void __launch_bounds__(kFewRowsMaxBlock) rms_norm_bwd_few_rows(BwdPro
     if (threadIdx.x == 0) arrive_expecting_bytes(landed, rows * cluster * int(sizeof(float)));
 #pragma unroll
     for (int q = 0; q < kRows; ++q) {
-      if (q < m.rows_per_thread && row_of(q) < rows) {
+      if (has_row(q)) {
         const unsigned local = shared_address(&row_sums[row_of(q) * cluster + rank]);
         for (int peer = lane; peer < cluster; peer += lanes) store_to_peer(local, landed, peer, sum[q]);
       }
     }
-    wait_mbarrier_phase(landed, 0);
+    wait_mbarrier_phase<WaitScope::kCluster>(landed, 0);
 #pragma unroll
     for (int q = 0; q < kRows; ++q) {
-      if (q < m.rows_per_thread && row_of(q) < rows) {
+      if (has_row(q)) {
         float total = 0.f;
         for (int r = 0; r < cluster; ++r) total += row_sums[row_of(q) * cluster + r];
         sum[q] = total;
@@ -708,7 +706,7 @@ __global__ void __launch_bounds__(kFewRowsMaxBlock) rms_norm_bwd_few_rows(BwdPro
 #pragma unroll
   for (int q = 0; q < kRows; ++q) {
     if (q >= m.rows_per_thread) break;
-    const bool row_ok = row_of(q) < rows;
+    const bool row_ok = has_row(q);
     const float mean_gn = sum[q] * m.inv_hidden;
 #pragma unroll
     for (int c = 0; c < CHUNKS; ++c) {
@@ -732,7 +730,7 @@ __global__ void __launch_bounds__(kFewRowsMaxBlock) rms_norm_bwd_few_rows(BwdPro
       }
     }
   }
-  if (p.dweight == nullptr) return;
+  if (!want_dweight) return;
   // The slice's columns summed over the slots in slot order.
   __syncthreads();
   W* dweight = static_cast<W*>(p.dweight) + group * p.hidden;

@@ -69,7 +69,8 @@ struct StagedSlices {
     copy_row(row, stage);
   }
 
-  __device__ void wait(int stage, int phase) const { wait_mbarrier_phase(barrier(stage), phase); }
+  // Bulk copies into this CTA's own shared memory complete the stage: a CTA-scope acquire.
+  __device__ void wait(int stage, int phase) const { wait_mbarrier_phase<WaitScope::kCta>(barrier(stage), phase); }
 };
 #endif
 
