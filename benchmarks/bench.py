@@ -245,6 +245,18 @@ def main(argv=None):
   rng = np.random.default_rng(0)
   bandwidth = copy_bandwidth(device, calls)
   results = []
+
+  def write_json(complete):
+    # After every case, so a run stopped early (a device call's time limit) keeps what it measured.
+    record = {
+        "command": "python benchmarks/bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": datetime.date.today().isoformat(), "device": device.device_kind,
+        "jax": jax.__version__, "timer": timer, "copy_bandwidth_bytes_per_s": bandwidth,
+        "complete": complete, "results": results,
+    }
+    with open(args.json, "w") as f:
+      json.dump(record, f, indent=1)
+
   for op in args.ops.split(","):
     for dtype in args.dtypes.split(","):
       for rows, hidden in shapes:
@@ -253,16 +265,11 @@ def main(argv=None):
         print(f"  {op} {dtype} {rows}x{hidden}: ours {r['ours_us']:.1f} µs, xla {r['xla_us']:.1f} µs, "
               f"{r['ours_pct_copy_bw']:.1f}% vs {r['xla_pct_copy_bw']:.1f}% of copy bandwidth",
               file=sys.stderr, flush=True)
+        if args.json:
+          write_json(complete=False)
   print_table(results, device, bandwidth, timer)
   if args.json:
-    record = {
-        "command": "python benchmarks/bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": datetime.date.today().isoformat(), "device": device.device_kind,
-        "jax": jax.__version__, "timer": timer, "copy_bandwidth_bytes_per_s": bandwidth,
-        "results": results,
-    }
-    with open(args.json, "w") as f:
-      json.dump(record, f, indent=1)
+    write_json(complete=True)
     try:
       import plot  # benchmarks/plot.py, beside this file
       print("plot:", plot.plot([args.json], os.path.splitext(args.json)[0] + ".png") or "none (only decode shapes)")

@@ -380,6 +380,18 @@ inline BwdLaunch choose_bwd_launch(int64_t hidden, int elem_bytes, bool vector_o
   return choose_bwd_register_launch(hidden, elem_bytes, vector_ok, max_cluster);
 }
 
+// Column accesses per CTA of sum_dweight_partials (which adds the partial rows of dweight):
+// 32 unless that leaves SMs idle, halved down to 2 (a 32-byte sector of a partial row at
+// 16-byte accesses). At 32, 4096 columns were 32 CTAs: 5.8 us of a 40 us backward at 4096 x
+// 4096, DRAM 15% (ncu, benchmarks/NOTES.md entry 22). Any value gives the same bits: each
+// column's additions do not depend on which CTA holds it.
+constexpr int kSumMaxCols = 32;
+inline int sum_partials_cols(int64_t column_units, int64_t weight_rows) {
+  int cols = kSumMaxCols;
+  while (cols > 2 && ceil_div(column_units, int64_t{cols}) * weight_rows < kSmCount) cols /= 2;
+  return cols;
+}
+
 // How many CTAs (and so float32 partial rows of dweight) the backward uses per weight
 // row: enough to fill the GPU, few enough that the partials stay small. The JAX
 // primitive sizes the partial buffer with this same function (exported by the module),

@@ -786,20 +786,20 @@ __global__ void __launch_bounds__(kMaxBlock) rms_norm_bwd_streaming(BwdProblem p
 }
 
 // dweight[group, col] = sum over k < summed of partials[group * ctas + k, col], in a fixed
-// order. A CTA covers 32 x VEC columns (VEC = 4: 16-byte loads, where the rows allow);
-// its blockDim.y thread rows ("lanes", a power of two: no more than the partials, so
-// none idles) each sum every lanes-th partial, and the lane sums are added in lane order
-// through shared memory. A lane loads kSumBatch partials before it adds them (still in
+// order. A CTA covers blockDim.x x VEC columns (sum_partials_cols; VEC = 4: 16-byte loads,
+// where the rows allow); its blockDim.y thread rows ("lanes", a power of two: no more than
+// the partials, so none idles) each sum every lanes-th partial, and the lane sums are added
+// in lane order through shared memory. A lane loads kSumBatch partials before it adds them (still in
 // order): one round trip to L2 per batch, not per partial (264 partials were 4.2 us at
 // H = 4096 with the loop's loads one after another). 32 lanes of one column each were
 // 37 us for the staged kernel's 8 partials of 262144 columns (ncu, entry 20).
-constexpr int kSumCols = 32, kSumLanes = 32, kSumBatch = 8;
+constexpr int kSumLanes = 32, kSumBatch = 8;
 
 template <typename W, int VEC>
 __global__ void sum_dweight_partials(BwdProblem p, int64_t summed) {
-  __shared__ float sums[kSumLanes][kSumCols * VEC + 1];
+  __shared__ float sums[kSumLanes][kSumMaxCols * VEC + 1];
   const int lanes = blockDim.y;
-  const int64_t col = (int64_t(blockIdx.x) * kSumCols + threadIdx.x) * VEC;
+  const int64_t col = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
   const int64_t group = blockIdx.y;
   const float* partials = p.dweight_partials + group * p.ctas_per_weight_row * p.hidden;
   using Word = Packed<float, VEC>;
@@ -838,9 +838,9 @@ template <typename W>
 cudaError_t launch_sum_partials(const BwdProblem& p, int64_t summed, cudaStream_t stream) {
   const int vec = p.hidden % 4 == 0 && aligned_to(p.dweight_partials, 16) ? 4 : 1;
   const int lanes = summed >= kSumLanes ? kSumLanes : next_pow2(summed);
-  const dim3 grid(static_cast<unsigned>(ceil_div(p.hidden, int64_t{kSumCols} * vec)),
-                  static_cast<unsigned>(p.weight_rows));
-  const dim3 block(kSumCols, lanes);
+  const int cols = sum_partials_cols(ceil_div(p.hidden, int64_t{vec}), p.weight_rows);
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.hidden, int64_t{cols} * vec)), static_cast<unsigned>(p.weight_rows));
+  const dim3 block(cols, lanes);
   return vec == 4 ? launch(sum_dweight_partials<W, 4>, grid, block, 0, 1, stream, p, summed)
                   : launch(sum_dweight_partials<W, 1>, grid, block, 0, 1, stream, p, summed);
 }
