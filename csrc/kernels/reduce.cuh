@@ -129,11 +129,13 @@ __device__ __forceinline__ float row_sum_send(float v, int threads_per_row, int 
 }
 
 // The row's sum of `step` from row_sum_send's CTA sum `v`: without a cluster, `v` itself.
+// With one, every thread of the block calls it (warp_sum_of shuffles across the warp).
 __device__ __forceinline__ float row_sum_receive(float v, int cluster_size, RowSumScratch& scratch, int step = 0) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if (cluster_size > 1) {
     const int slot = step % kClusterSlots;
-    wait_mbarrier_phase<WaitScope::kCluster>(shared_address(&scratch.cluster_arrived[slot]), (step / kClusterSlots) & 1);
+    wait_mbarrier_phase<WaitScope::kCluster>(shared_address(&scratch.cluster_arrived[slot]),
+                                             (step / kClusterSlots) & 1);
     v = warp_sum_of(scratch.cluster_sums[slot], cluster_size);
   }
 #endif
