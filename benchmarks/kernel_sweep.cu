@@ -234,17 +234,27 @@ double time_us(int sets, int reps, F&& enqueue) {
   return median(ms) * 1e3;
 }
 
+// Per-call microseconds of a device-to-device copy of `bytes`, rotating over `sets` pairs
+// of buffers.
+double copy_us(int64_t bytes, int sets, int reps) {
+  std::vector<void*> from(sets), to(sets);
+  for (int s = 0; s < sets; ++s) {
+    from[s] = device_alloc(bytes, 0);
+    CHECK(cudaMemset(from[s], 1, bytes));
+    to[s] = device_alloc(bytes, 0);
+  }
+  const double us = time_us(sets, reps, [&](int s, cudaStream_t st) {
+    CHECK(cudaMemcpyAsync(to[s], from[s], bytes, cudaMemcpyDeviceToDevice, st));
+  });
+  free_allocations();
+  return us;
+}
+
 void measure_copy() {
-  const size_t bytes = size_t{1} << 30;
-  void *a, *b;
-  CHECK(cudaMalloc(&a, bytes));
-  CHECK(cudaMalloc(&b, bytes));
-  CHECK(cudaMemset(a, 1, bytes));
-  const double us = time_us(1, 5, [&](int, cudaStream_t st) { CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, st)); });
+  const int64_t bytes = int64_t{1} << 30;
+  const double us = copy_us(bytes, 1, 5);
   copy_bandwidth = 2.0 * bytes / (us * 1e-6);
   std::printf("copy 1 GiB: %.1f us, %.3f TB/s (read + written)\n", us, copy_bandwidth / 1e12);
-  CHECK(cudaFree(a));
-  CHECK(cudaFree(b));
 }
 
 void report(const std::string& spec, const std::string& config, double us, double floor_bytes,
@@ -285,18 +295,7 @@ int sets_for(double set_bytes) {
 // kernel moving the same bytes is held against.
 void measure_sized_copy(const std::string& spec, int64_t mib, int reps) {
   const int64_t bytes = mib << 20;
-  const int sets = sets_for(2.0 * double(bytes));
-  std::vector<void*> from(sets), to(sets);
-  for (int s = 0; s < sets; ++s) {
-    from[s] = device_alloc(bytes, 0);
-    CHECK(cudaMemset(from[s], 1, bytes));
-    to[s] = device_alloc(bytes, 0);
-  }
-  const double us = time_us(sets, reps, [&](int s, cudaStream_t st) {
-    CHECK(cudaMemcpyAsync(to[s], from[s], bytes, cudaMemcpyDeviceToDevice, st));
-  });
-  report(spec, "cudaMemcpyAsync", us, 2.0 * double(bytes), "");
-  free_allocations();
+  report(spec, "cudaMemcpyAsync", copy_us(bytes, sets_for(2.0 * double(bytes)), reps), 2.0 * double(bytes), "");
 }
 
 void run_forward(const std::string& spec, const Case& c, int reps) {

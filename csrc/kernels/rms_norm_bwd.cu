@@ -789,10 +789,10 @@ __global__ void __launch_bounds__(kMaxBlock) rms_norm_bwd_streaming(BwdProblem p
 // order. A CTA covers blockDim.x x VEC columns (sum_partials_cols; VEC = 4: 16-byte loads,
 // where the rows allow); its blockDim.y thread rows ("lanes", a power of two: no more than
 // the partials, so none idles) each sum every lanes-th partial, and the lane sums are added
-// in lane order through shared memory. A lane loads kSumBatch partials before it adds them (still in
-// order): one round trip to L2 per batch, not per partial (264 partials were 4.2 us at
-// H = 4096 with the loop's loads one after another). 32 lanes of one column each were
-// 37 us for the staged kernel's 8 partials of 262144 columns (ncu, entry 20).
+// in lane order through shared memory. A lane loads kSumBatch partials before it adds them
+// (still in order): one round trip to L2 per batch, not per partial (264 partials were
+// 4.2 us at H = 4096 with the loop's loads one after another). 32 lanes of one column each
+// were 37 us for the staged kernel's 8 partials of 262144 columns (ncu, entry 20).
 constexpr int kSumLanes = 32, kSumBatch = 8;
 
 template <typename W, int VEC>
