@@ -27,6 +27,7 @@ import glob
 import gzip
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -54,8 +55,9 @@ def is_gpu(device):
   return device.platform == "gpu"
 
 
-def profile_kernel_times(fn, arg_sets, calls):
-  """Per-call device kernel time in microseconds (list), from a profiler trace."""
+def profile_kernel_times(fn, arg_sets, calls, by_kernel=None):
+  """Per-call device kernel time in microseconds (list), from a profiler trace. With
+  `by_kernel` (a dict), it also gets each kernel name's per-call times (lists)."""
   with tempfile.TemporaryDirectory() as log_dir:
     jax.profiler.start_trace(log_dir)
     for i in range(calls):
@@ -72,21 +74,27 @@ def profile_kernel_times(fn, arg_sets, calls):
   stream_tids = {(e["pid"], e["tid"]) for e in events if e.get("ph") == "M"
                  and e.get("name") == "thread_name" and e["pid"] in gpu_pids
                  and str(e.get("args", {}).get("name", "")).startswith("Stream")}
-  kernels = sorted((e["ts"], e["dur"]) for e in events
+  kernels = sorted((e["ts"], e["dur"], e.get("name", "")) for e in events
                    if e.get("ph") == "X" and (e.get("pid"), e.get("tid")) in stream_tids
                    and "memcpy" not in e.get("name", "").lower())
   if not kernels:
     names = sorted({str(e.get("args", {}).get("name")) for e in events if e.get("ph") == "M"})
     raise RuntimeError(f"the profiler trace holds no GPU kernels; its processes and threads: {names}")
-  per_call, end = [], -1e30
-  for ts, dur in kernels:
+  per_call, per_name, end = [], [], -1e30
+  for ts, dur, name in kernels:
     if ts - end > CALL_GAP_US:
       per_call.append(0.0)
+      per_name.append({})
     per_call[-1] += dur
+    per_name[-1][name] = per_name[-1].get(name, 0.0) + dur
     end = max(end, ts + dur)
   if len(per_call) != calls:
     # Could not tell calls apart: fall back to the mean.
     return [sum(per_call) / calls] * calls
+  if by_kernel is not None:
+    for call in per_name:
+      for name, dur in call.items():
+        by_kernel.setdefault(name, []).append(dur)
   return per_call
 
 
@@ -100,12 +108,18 @@ def host_times(fn, arg_sets, calls):
   return times
 
 
-def measure(fn, arg_sets, device, calls):
-  """(median kernel µs, median end-to-end µs) after a warm-up."""
+def measure(fn, arg_sets, device, calls, by_kernel=None):
+  """(median kernel µs, median end-to-end µs) after a warm-up; `by_kernel` (a dict) gets
+  each kernel's median µs per call, on a GPU."""
   for args in arg_sets:
     jax.block_until_ready(fn(*args))
   end_to_end = statistics.median(host_times(fn, arg_sets, calls))
-  kernel = statistics.median(profile_kernel_times(fn, arg_sets, calls)) if is_gpu(device) else end_to_end
+  if not is_gpu(device):
+    return end_to_end, end_to_end
+  times = {}
+  kernel = statistics.median(profile_kernel_times(fn, arg_sets, calls, times))
+  if by_kernel is not None:
+    by_kernel.update({name: statistics.median(t) for name, t in times.items()})
   return kernel, end_to_end
 
 
@@ -198,7 +212,8 @@ def bench_shape(op, rows, hidden, dtype, device, calls, bandwidth, rng):
     got, want = spec["check"](fn(*arg_sets[0]), input_sets[0], weight)
     errors.append(float(np.max(np.abs(np.asarray(got).astype(np.float64) - want))))
 
-  ours_us, ours_e2e = measure(ours, arg_sets, device, calls)
+  ours_kernels = {}  # our kernels' medians apart (the backward is a row kernel and a dweight sum)
+  ours_us, ours_e2e = measure(ours, arg_sets, device, calls, ours_kernels)
   xla_us, xla_e2e = measure(xla, arg_sets, device, calls)
   moved = spec["passes"] * rows * hidden * jnp.dtype(dtype).itemsize
   return {
@@ -208,7 +223,17 @@ def bench_shape(op, rows, hidden, dtype, device, calls, bandwidth, rng):
       "xla_pct_copy_bw": 100 * moved / (xla_us * 1e-6) / bandwidth,
       "ours_end_to_end_us": ours_e2e, "xla_end_to_end_us": xla_e2e,
       "ours_max_err": errors[0], "xla_max_err": errors[1],
+      "ours_kernels_us": ours_kernels,
   }
+
+
+def short_kernel_name(name):
+  """`rms_norm_bwd_registers` from a mangled kernel name (else the name's first 40 characters)."""
+  # Itanium mangling: each name is preceded by its length.
+  for length, rest in re.findall(r"(\d+)((?:rms_norm_|sum_dweight)\w*)", name):
+    if len(rest) >= int(length):
+      return rest[:int(length)]
+  return name[:40]
 
 
 def print_table(results, device, bandwidth, timer):
@@ -263,7 +288,9 @@ def main(argv=None):
         results.append(bench_shape(op, rows, hidden, jnp.dtype(dtype), device, calls, bandwidth, rng))
         r = results[-1]
         print(f"  {op} {dtype} {rows}x{hidden}: ours {r['ours_us']:.1f} µs, xla {r['xla_us']:.1f} µs, "
-              f"{r['ours_pct_copy_bw']:.1f}% vs {r['xla_pct_copy_bw']:.1f}% of copy bandwidth",
+              f"{r['ours_pct_copy_bw']:.1f}% vs {r['xla_pct_copy_bw']:.1f}% of copy bandwidth"
+              + "".join(f"; {short_kernel_name(k)} {v:.1f}" for k, v in r["ours_kernels_us"].items()
+                        if len(r["ours_kernels_us"]) > 1),
               file=sys.stderr, flush=True)
         if args.json:
           write_json(complete=False)
