@@ -228,7 +228,10 @@ def bench_shape(op, rows, hidden, dtype, device, calls, bandwidth, rng):
 
 
 def short_kernel_name(name):
-  """`rms_norm_bwd_registers` from a mangled kernel name (else the name's first 40 characters)."""
+  """`rms_norm_bwd_registers` from a kernel's name, demangled (as the profiler gives it) or not."""
+  found = re.search(r"::((?:rms_norm|sum_dweight)_\w+)[<(]", name)
+  if found:
+    return found.group(1)
   # Itanium mangling: each name is preceded by its length.
   for length, rest in re.findall(r"(\d+)((?:rms_norm_|sum_dweight)\w*)", name):
     if len(rest) >= int(length):

@@ -386,6 +386,18 @@ inline BwdLaunch choose_bwd_launch(int64_t hidden, int elem_bytes, bool vector_o
 // 4096, DRAM 15% (ncu, benchmarks/NOTES.md entry 22). Any value gives the same bits: each
 // column's additions do not depend on which CTA holds it.
 constexpr int kSumMaxCols = 32;
+// Thread rows ("lanes") of sum_dweight_partials, each adding every lanes-th partial row: as
+// many as give each about one batch of kSumBatch loads (issued together), at most 32 (a
+// power of two; the order of the additions then follows from the partial count alone).
+// With 32 lanes always, the staged backward's 33 partials of 65536 columns were one load a
+// lane and a 32-long chain of adds through shared memory: 10.7 us of a 115 us backward
+// (benchmarks/NOTES.md, entry 24).
+constexpr int kSumMaxLanes = 32;
+constexpr int kSumBatch = 8;
+inline int sum_partials_lanes(int64_t summed) {
+  const int64_t lanes = next_pow2(ceil_div(summed, int64_t{kSumBatch}));
+  return lanes > kSumMaxLanes ? kSumMaxLanes : static_cast<int>(lanes);
+}
 inline int sum_partials_cols(int64_t column_units, int64_t weight_rows) {
   int cols = kSumMaxCols;
   while (cols > 2 && ceil_div(column_units, int64_t{cols}) * weight_rows < kSmCount) cols /= 2;

@@ -787,49 +787,52 @@ __global__ void __launch_bounds__(kMaxBlock) rms_norm_bwd_streaming(BwdProblem p
 
 // dweight[group, col] = sum over k < summed of partials[group * ctas + k, col], in a fixed
 // order. A CTA covers blockDim.x x VEC columns (sum_partials_cols; VEC = 4: 16-byte loads,
-// where the rows allow); its blockDim.y thread rows ("lanes", a power of two: no more than
-// the partials, so none idles) each sum every lanes-th partial, and the lane sums are added
-// in lane order through shared memory. A lane loads kSumBatch partials before it adds them
-// (still in order): one round trip to L2 per batch, not per partial (264 partials were
-// 4.2 us at H = 4096 with the loop's loads one after another). 32 lanes of one column each
-// were 37 us for the staged kernel's 8 partials of 262144 columns (ncu, entry 20).
-constexpr int kSumLanes = 32, kSumBatch = 8;
+// where the rows allow); its blockDim.y thread rows ("lanes", sum_partials_lanes) each sum
+// every lanes-th partial, in order, and thread row 0 adds the lane sums in lane order.
+// A lane issues its next kSumBatch loads before it adds them (still in order): one round
+// trip to L2 per batch, not per partial (264 partials were 4.2 us at H = 4096 with the
+// loop's loads one after another). The lane sums are added as whole accesses, the VEC
+// columns' chains side by side (one column at a time, 4 x 32 dependent shared loads: the
+// kernel took 3.6 us at 4096 x 4096 then, 3.1 now; benchmarks/NOTES.md entry 24).
 
 template <typename W, int VEC>
 __global__ void sum_dweight_partials(BwdProblem p, int64_t summed) {
-  __shared__ float sums[kSumLanes][kSumMaxCols * VEC + 1];
+  using Word = Packed<float, VEC>;
+  // Machine words, so each lane sum moves as one shared access (see MachineWord).
+  __shared__ WordOf<float, VEC> sums[kSumMaxLanes][kSumMaxCols];
   const int lanes = blockDim.y;
   const int64_t col = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
   const int64_t group = blockIdx.y;
   const float* partials = p.dweight_partials + group * p.ctas_per_weight_row * p.hidden;
-  using Word = Packed<float, VEC>;
-  float acc[VEC] = {};
-  auto add = [&](const Word& w) {
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) acc[j] += w.v[j];
-  };
+  Word acc = {};
   if (col < p.hidden) {
     const float* column = partials + col;
-    int64_t k = threadIdx.y;
-    for (; k + (kSumBatch - 1) * lanes < summed; k += kSumBatch * lanes) {
+    for (int64_t k = threadIdx.y; k < summed; k += int64_t{kSumBatch} * lanes) {
       Word batch[kSumBatch];
 #pragma unroll
-      for (int b = 0; b < kSumBatch; ++b) batch[b] = load_packed<float, VEC>(column + (k + b * lanes) * p.hidden);
+      for (int b = 0; b < kSumBatch; ++b) {
+        if (k + b * lanes < summed) batch[b] = load_packed<float, VEC>(column + (k + b * lanes) * p.hidden);
+      }
 #pragma unroll
-      for (int b = 0; b < kSumBatch; ++b) add(batch[b]);
+      for (int b = 0; b < kSumBatch; ++b) {
+        if (k + b * lanes < summed) {
+#pragma unroll
+          for (int j = 0; j < VEC; ++j) acc.v[j] += batch[b].v[j];
+        }
+      }
     }
-    for (; k < summed; k += lanes) add(load_packed<float, VEC>(column + k * p.hidden));
   }
-#pragma unroll
-  for (int j = 0; j < VEC; ++j) sums[threadIdx.y][threadIdx.x * VEC + j] = acc[j];
+  memcpy(&sums[threadIdx.y][threadIdx.x], &acc, sizeof(acc));
   __syncthreads();
   if (threadIdx.y == 0 && col < p.hidden) {
+    Word total = {};
+    for (int k = 0; k < lanes; ++k) {
+      const Word lane_sum = unpack<float, VEC>(sums[k][threadIdx.x]);
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) {
-      float total = 0.f;
-      for (int k = 0; k < lanes; ++k) total += sums[k][threadIdx.x * VEC + j];
-      static_cast<W*>(p.dweight)[group * p.hidden + col + j] = from_float<W>(total);
+      for (int j = 0; j < VEC; ++j) total.v[j] += lane_sum.v[j];
     }
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) static_cast<W*>(p.dweight)[group * p.hidden + col + j] = from_float<W>(total.v[j]);
   }
 }
 
@@ -837,7 +840,7 @@ __global__ void sum_dweight_partials(BwdProblem p, int64_t summed) {
 template <typename W>
 cudaError_t launch_sum_partials(const BwdProblem& p, int64_t summed, cudaStream_t stream) {
   const int vec = p.hidden % 4 == 0 && aligned_to(p.dweight_partials, 16) ? 4 : 1;
-  const int lanes = summed >= kSumLanes ? kSumLanes : next_pow2(summed);
+  const int lanes = sum_partials_lanes(summed);
   const int cols = sum_partials_cols(ceil_div(p.hidden, int64_t{vec}), p.weight_rows);
   const dim3 grid(static_cast<unsigned>(ceil_div(p.hidden, int64_t{cols} * vec)), static_cast<unsigned>(p.weight_rows));
   const dim3 block(cols, lanes);
