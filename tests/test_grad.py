@@ -199,6 +199,25 @@ def test_decode_rows_with_weight_groups(device, rng, hidden, x_dtype, w_dtype, r
   check_weight_groups(device, rng, 2, rows, hidden, x_dtype, w_dtype)
 
 
+@pytest.mark.parametrize("rows,hidden", [(2048, 4096), (2500, 3072), (2048, 2048)])
+@pytest.mark.parametrize("x_dtype,w_dtype", [(jnp.bfloat16, jnp.float32), (jnp.float32, jnp.float32),
+                                             (jnp.float16, jnp.bfloat16)], ids=["bf16", "f32", "f16-bf16"])
+def test_mid_rows_with_weight_groups(device, rng, rows, hidden, x_dtype, w_dtype):
+  """Rows of 257-512 16-byte accesses (4096 and 3072 bf16 or f16, 2048 float32) with few
+  row steps a CTA: on the GPU the staged kernel in 128-thread CTAs, four a SM (2500 rows
+  leave the last step part empty; 3072 leaves a quarter of each CTA's slice past the row);
+  the other pairs run the register kernel or the 256-thread staged one. One dweight per
+  weight row under vmap, with the residual and its cotangent."""
+  check_weight_groups(device, rng, 2, rows, hidden, x_dtype, w_dtype)
+
+
+@pytest.mark.parametrize("shape", [(1030, 4096), (2, 1100, 4096), (3000, 4000)])
+def test_mid_rows_plain(device, rng, shape):
+  """The same kernel without the residual term (its other variant), one weight for all
+  rows; 1030 rows: two steps for a few of the 528 CTAs, one for the rest."""
+  run_grad(device, rng, shape, jnp.bfloat16, jnp.float32, residual=False)
+
+
 def test_grad_of_scan_with_checkpoint(device, rng):
   x = random_array(rng, (5, 8, 128), jnp.float32)
   r0 = random_array(rng, (8, 128), jnp.float32)

@@ -179,11 +179,11 @@ inline FwdLaunch choose_fwd_launch(int64_t rows, int64_t hidden, int elem_bytes,
 }
 
 // The backward's register kernel (rows under 8192 bf16 / 4096 float32 on sm_90, where the
-// staged kernel below takes longer rows; all rows it holds elsewhere) stages dy and s of
-// `stages` row groups in a shared-memory ring (cp.async: the next group is in flight while
-// this one computes), keeps the weight row in shared memory and float32 dweight
-// accumulators in registers: 256-thread CTAs, two per SM (128 registers each), at most 4
-// chunks; longer rows take clusters, row tiles or stream.
+// staged kernel below takes longer rows, and 4096 bf16 with few rows; all rows it holds
+// elsewhere) stages dy and s of `stages` row groups in a shared-memory ring (cp.async: the
+// next group is in flight while this one computes), keeps the weight row in shared memory
+// and float32 dweight accumulators in registers: 256-thread CTAs, two per SM (128 registers
+// each), at most 4 chunks; longer rows take clusters, row tiles or stream.
 constexpr int kMaxBwdChunks = 4;
 constexpr int kBwdBlock = 256;
 // Row groups staged at once: the next group is in flight during this one's math. Two
@@ -209,25 +209,46 @@ struct BwdLaunch {
 // The staged backward (rows of 8K elements and more, sm_90; staging.cuh): persistent
 // clusters, each CTA's slice of 4 accesses a thread in a ring of 3 rows, its weights and
 // float32 dweight sums in registers. 256-thread CTAs, two a SM (96 KB of ring each), up
-// to 16 of them a row; longer rows 512-thread CTAs, one a SM (192 KB).
+// to 16 of them a row; longer rows 512-thread CTAs, one a SM (192 KB). Every launch has
+// 512 threads and 192 KB of ring a SM, so CTAs of 128 threads run four a SM.
 constexpr int kBwdStagedChunks = 4;
 constexpr int kBwdStagedStages = 3;
-constexpr int64_t kBwdStagedMinUnits = 1024;  // shorter rows: the register kernel
+constexpr int64_t kBwdStagedMinUnits = 1024;  // shorter rows: the register kernel, but see below
+// Rows of 257-512 accesses (4096 bf16) with few row steps a CTA also take the staged
+// kernel, in 128-thread CTAs that one row fills. H200, kernel_sweep (benchmarks/NOTES.md,
+// entry 25), against the register kernel: 1024 x 4096 bf16 19.1 against 21.2 us, 2048-8192
+// rows 5-8% faster (4096^2 36.7 against 39.8), 4096 x 3072 4%, float32 4096-8192 x 2048
+// 4-5%; but 12288 rows (23 steps a CTA) 2.5% slower, 16384 4%. So up to 16 steps a CTA,
+// from 1024 rows (fewer were not measured).
+constexpr int kBwdStagedMidBlock = 128;
+constexpr int64_t kBwdStagedMidMinRows = 1024;
+constexpr int64_t kBwdStagedMidMaxSteps = 16;
+// Persistent CTAs a SM of a staged launch of `block` threads.
+constexpr int bwd_staged_ctas_per_sm(int block) { return block >= kRegistersBlock ? 1 : kRegistersBlock / block; }
+inline bool staged_bwd_mid_rows(int64_t units, int64_t rows_per_weight) {
+  const int64_t row_units = int64_t{kBwdStagedMidBlock} * kBwdStagedChunks;
+  const int64_t ctas = int64_t{bwd_staged_ctas_per_sm(kBwdStagedMidBlock)} * kSmCount;
+  return units > row_units / 2 && units <= row_units && rows_per_weight >= kBwdStagedMidMinRows &&
+         rows_per_weight <= kBwdStagedMidMaxSteps * ctas;
+}
 // Partial rows of dweight per weight row: one per persistent cluster, as many as a
 // 132-SM device runs (at most the rows there are). A device running fewer clusters leaves
 // the rest unused (the sum kernel adds only those written).
 inline int64_t bwd_staged_partials(int64_t rows_per_weight, const BwdLaunch& l) {
-  const int64_t clusters = (l.block <= kBwdBlock ? 2 : 1) * kSmCount / l.cluster;
+  const int64_t clusters = int64_t{bwd_staged_ctas_per_sm(l.block)} * kSmCount / l.cluster;
   return rows_per_weight < clusters ? (rows_per_weight > 1 ? rows_per_weight : 1) : clusters;
 }
-// The staged launch for rows of `units` accesses (its vec set in `l`); false when no
+// The staged launch for rows of `units` accesses (its vec set in `l`), in CTAs of `block`
+// threads (0: 256, or 512 for rows a cluster of 16 such CTAs does not hold); false when no
 // cluster of at most `max_cluster` holds the row.
-inline bool use_staged_bwd(BwdLaunch& l, int64_t units, int max_cluster) {
+inline bool use_staged_bwd(BwdLaunch& l, int64_t units, int max_cluster, int block = 0) {
   BwdLaunch staged = l;
   staged.kernel = FwdKernel::kStaged;
   staged.chunks = kBwdStagedChunks;
   staged.stages = kBwdStagedStages;
-  staged.block = units <= int64_t{kMaxCluster} * kBwdBlock * kBwdStagedChunks ? kBwdBlock : kRegistersBlock;
+  staged.block = block > 0 ? block
+                 : units <= int64_t{kMaxCluster} * kBwdBlock * kBwdStagedChunks ? kBwdBlock
+                                                                                 : kRegistersBlock;
   staged.threads_per_row = staged.block;
   staged.cluster = next_pow2(ceil_div(units, int64_t{staged.block} * staged.chunks));
   if (staged.cluster > max_cluster) return false;
@@ -367,16 +388,21 @@ inline bool use_few_rows_bwd(BwdLaunch& l, int64_t rows, int64_t units, int max_
 // `max_cluster`: the largest cluster the device runs (16 on the H100 and H200; the
 // default, for the partial-buffer size below, which must not depend on the device: the
 // kernels are right for any), 1 without clusters. `rows_per_weight`: the rows sharing a
-// weight row, when known (0: not, as for the partial-buffer size: the few-rows kernel
-// needs no partials).
+// weight row, when known (0: not; the partial-buffer size passes 0 for decode rows, whose
+// few-rows kernel needs no partials).
 inline BwdLaunch choose_bwd_launch(int64_t hidden, int elem_bytes, bool vector_ok, int max_cluster = kMaxCluster,
                                    int64_t rows_per_weight = 0) {
   BwdLaunch l;
   l.vec = vector_ok ? 16 / elem_bytes : 1;
   const int64_t units = ceil_div(hidden, l.vec);
   if (vector_ok && use_few_rows_bwd(l, rows_per_weight, units, max_cluster)) return l;
-  // Rows of 8K bf16 elements and more: the staged kernel (benchmarks/NOTES.md, entry 20).
+  // Rows of 8K bf16 elements and more: the staged kernel (benchmarks/NOTES.md, entry 20);
+  // 4K with few row steps a CTA too, in 128-thread CTAs (entry 25).
   if (vector_ok && units >= kBwdStagedMinUnits && max_cluster > 1 && use_staged_bwd(l, units, max_cluster)) return l;
+  if (vector_ok && max_cluster > 1 && staged_bwd_mid_rows(units, rows_per_weight) &&
+      use_staged_bwd(l, units, max_cluster, kBwdStagedMidBlock)) {
+    return l;
+  }
   return choose_bwd_register_launch(hidden, elem_bytes, vector_ok, max_cluster);
 }
 
@@ -410,7 +436,10 @@ inline int sum_partials_cols(int64_t column_units, int64_t weight_rows) {
 // so it must not depend on the device; the kernels stay correct for any value.
 inline int64_t bwd_ctas_per_weight_row(int64_t rows_per_weight, int64_t hidden, int elem_bytes) {
   if (rows_per_weight <= 0 || hidden <= 0) return 1;
-  const BwdLaunch l = choose_bwd_launch(hidden, elem_bytes, hidden % (16 / elem_bytes) == 0);
+  // The rows choose too (the staged kernel's mid rows), but not the few-rows kernel's: it
+  // writes dweight itself, and the count for those rows stays the register kernel's.
+  const BwdLaunch l = choose_bwd_launch(hidden, elem_bytes, hidden % (16 / elem_bytes) == 0, kMaxCluster,
+                                        rows_per_weight > kFewRowsMax ? rows_per_weight : 0);
   if (l.kernel == FwdKernel::kRowTiles) return bwd_row_tile_partials(rows_per_weight, l.tiles);
   if (l.kernel == FwdKernel::kStaged) return bwd_staged_partials(rows_per_weight, l);
   const int64_t row_groups = ceil_div(rows_per_weight, l.block / l.threads_per_row);
