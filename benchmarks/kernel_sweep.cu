@@ -14,7 +14,8 @@
 // f32y=1: y in float32, hf=1: the HF order); bwd tpr, chunks,
 // block, cluster, stages, ctas, streaming=1, tiles=1 (the row-tile kernel), staged=1 (its
 // stages; ctas: partial rows, the clusters at most), registers=1 (the chooser without the
-// staged kernel), few=0 (the chooser without the few-rows kernel; its cluster and tpr
+// staged kernel; ctas stays the chooser's count, 528 where it takes the staged kernel's
+// 128-thread CTAs: give ctas=264 for the register kernel's own), few=0 (the chooser without the few-rows kernel; its cluster and tpr
 // set the rest of its shape); both offset=K (row buffers start K elements
 // past an aligned address). `copy` measures device-to-device copy bandwidth (1 GiB), `copy:MiB`
 // a copy of that size against it.
