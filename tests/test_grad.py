@@ -214,8 +214,20 @@ def test_mid_rows_with_weight_groups(device, rng, rows, hidden, x_dtype, w_dtype
 @pytest.mark.parametrize("shape", [(1030, 4096), (2, 1100, 4096), (3000, 4000)])
 def test_mid_rows_plain(device, rng, shape):
   """The same kernel without the residual term (its other variant), one weight for all
-  rows; 1030 rows: two steps for a few of the 528 CTAs, one for the rest."""
+  rows; 1030 rows: two steps for 502 of the 528 CTAs, one for the other 26."""
   run_grad(device, rng, shape, jnp.bfloat16, jnp.float32, residual=False)
+
+
+@pytest.mark.parametrize("rows,hidden,itemsize,ctas", [
+    (1024, 4096, 2, 528), (8448, 4096, 2, 528), (2500, 3072, 2, 528), (2048, 2048, 4, 528),
+    (1023, 4096, 2, 264), (8449, 4096, 2, 264), (2048, 2048, 2, 264), (2048, 8192, 2, 264),
+    (64, 4096, 2, 32)])
+def test_mid_rows_partial_count(rows, hidden, itemsize, ctas):
+  """The partial rows the JAX primitive sizes for the backward (device-independent): 528
+  (four 128-thread CTAs a SM of a 132-SM device) exactly where the chooser takes the staged
+  kernel for rows of 257-512 accesses, from 1024 rows to 16 steps a CTA; else as before."""
+  from jax_rmsnorm import _ffi
+  assert _ffi.bwd_ctas_per_weight_row(rows, hidden, itemsize) == ctas
 
 
 def test_grad_of_scan_with_checkpoint(device, rng):

@@ -179,7 +179,7 @@ inline FwdLaunch choose_fwd_launch(int64_t rows, int64_t hidden, int elem_bytes,
 }
 
 // The backward's register kernel (rows under 8192 bf16 / 4096 float32 on sm_90, where the
-// staged kernel below takes longer rows, and 4096 bf16 with few rows; all rows it holds
+// staged kernel below takes longer rows, and 4096 bf16 with few row steps; all rows it holds
 // elsewhere) stages dy and s of `stages` row groups in a shared-memory ring (cp.async: the
 // next group is in flight while this one computes), keeps the weight row in shared memory
 // and float32 dweight accumulators in registers: 256-thread CTAs, two per SM (128 registers
@@ -214,17 +214,19 @@ struct BwdLaunch {
 constexpr int kBwdStagedChunks = 4;
 constexpr int kBwdStagedStages = 3;
 constexpr int64_t kBwdStagedMinUnits = 1024;  // shorter rows: the register kernel, but see below
-// Rows of 257-512 accesses (4096 bf16) with few row steps a CTA also take the staged
-// kernel, in 128-thread CTAs that one row fills. H200, kernel_sweep (benchmarks/NOTES.md,
-// entry 25), against the register kernel: 1024 x 4096 bf16 19.1 against 21.2 us, 2048-8192
-// rows 5-8% faster (4096^2 36.7 against 39.8), 4096 x 3072 4%, float32 4096-8192 x 2048
-// 4-5%; but 12288 rows (23 steps a CTA) 2.5% slower, 16384 4%. So up to 16 steps a CTA,
-// from 1024 rows (fewer were not measured).
+// Rows of 257-512 accesses (4096 bf16, 2048 float32) with few row steps a CTA also take
+// the staged kernel, in 128-thread CTAs that one row fills. H200, kernel_sweep
+// (benchmarks/NOTES.md, entry 25), against the register kernel: 1024 x 4096 bf16 19.1
+// against 21.2 us, 2048-8192 rows 5-8% faster (4096^2 36.7 against 39.8), 4096 x 3072 4%,
+// float32 4096-8192 x 2048 4-5%; but 12288 rows (23-24 steps a CTA) 2.5% slower, 16384 4%.
+// So up to 16 steps a CTA, from 1024 rows (fewer were not measured).
 constexpr int kBwdStagedMidBlock = 128;
 constexpr int64_t kBwdStagedMidMinRows = 1024;
 constexpr int64_t kBwdStagedMidMaxSteps = 16;
 // Persistent CTAs a SM of a staged launch of `block` threads.
-constexpr int bwd_staged_ctas_per_sm(int block) { return block >= kRegistersBlock ? 1 : kRegistersBlock / block; }
+constexpr int bwd_staged_ctas_per_sm(int block) {
+  return block >= kRegistersBlock ? 1 : kRegistersBlock / block;
+}
 inline bool staged_bwd_mid_rows(int64_t units, int64_t rows_per_weight) {
   const int64_t row_units = int64_t{kBwdStagedMidBlock} * kBwdStagedChunks;
   const int64_t ctas = int64_t{bwd_staged_ctas_per_sm(kBwdStagedMidBlock)} * kSmCount;
@@ -437,7 +439,7 @@ inline int sum_partials_cols(int64_t column_units, int64_t weight_rows) {
 inline int64_t bwd_ctas_per_weight_row(int64_t rows_per_weight, int64_t hidden, int elem_bytes) {
   if (rows_per_weight <= 0 || hidden <= 0) return 1;
   // The rows choose too (the staged kernel's mid rows), but not the few-rows kernel's: it
-  // writes dweight itself, and the count for those rows stays the register kernel's.
+  // writes dweight itself, and the count for those rows stays the chooser's without rows.
   const BwdLaunch l = choose_bwd_launch(hidden, elem_bytes, hidden % (16 / elem_bytes) == 0, kMaxCluster,
                                         rows_per_weight > kFewRowsMax ? rows_per_weight : 0);
   if (l.kernel == FwdKernel::kRowTiles) return bwd_row_tile_partials(rows_per_weight, l.tiles);

@@ -8,9 +8,10 @@
 //    of each; a row shared by the threads of a CTA, or for long rows by a cluster of CTAs
 //    (each with a column slice; the cluster writes one partial row).
 //  - rms_norm_bwd_staged (sm_90): rows of 8192 bf16 / 4096 float32 elements and more on the
-//    vector grid (and 4096 bf16 when a CTA has few rows); persistent clusters, each CTA's
-//    slice of the next rows bulk-copied into a shared-memory ring (staging.cuh), one row's
-//    cluster exchange overlapped with the next row's dot product, one partial row per cluster.
+//    vector grid (and 2049-4096 bf16 with few row steps a CTA); persistent clusters, each
+//    CTA's slice of the next rows bulk-copied into a shared-memory ring (staging.cuh), one
+//    row's cluster exchange overlapped with the next row's dot product, one partial row per
+//    cluster.
 //  - rms_norm_bwd_row_tiles: rows the staged kernel does not take (sm_80, off the vector
 //    grid, float32 beyond 131072) and the register kernel's CTA or cluster (of at most 8,
 //    sm_90) does not hold; each row split into column
