@@ -8,17 +8,16 @@
 //
 // A case is op:ROWSxHIDDEN[:dtype][:key=value,...]; op is fwd, res (fused residual) or
 // bwd; dtype bf16 (default), f16 or f32 (the weight is float32). Keys override the
-// chooser's launch: fwd/res tpr, chunks, block, cluster, split, streaming=1, registers=1, staged=1
-// (its stages, wshared=0: the weight from global memory, clusters: the persistent grid, 0 = as
-// many as are resident) (and the options
-// f32y=1: y in float32, hf=1: the HF order); bwd tpr, chunks,
-// block, cluster, stages, ctas, streaming=1, tiles=1 (the row-tile kernel), staged=1 (its
-// stages; ctas: partial rows, the clusters at most), registers=1 (the chooser without the
-// staged kernel; ctas stays the chooser's count, 528 where it takes the staged kernel's
-// 128-thread CTAs: give ctas=264 for the register kernel's own), few=0 (the chooser without the few-rows kernel; its cluster and tpr
-// set the rest of its shape); both offset=K (row buffers start K elements
-// past an aligned address). `copy` measures device-to-device copy bandwidth (1 GiB), `copy:MiB`
-// a copy of that size against it.
+// chooser's launch: fwd/res tpr, chunks, block, cluster, split, streaming=1, registers=1,
+// staged=1 (its stages, wshared=0: the weight from global memory, clusters: the persistent
+// grid, 0 = as many as are resident) (and the options f32y=1: y in float32, hf=1: the HF
+// order); bwd tpr, chunks, block, cluster, stages, ctas, streaming=1, tiles=1 (the row-tile
+// kernel), staged=1 (its stages; ctas: partial rows, the clusters at most), registers=1 (the
+// chooser without the staged kernel; ctas stays the chooser's count, 528 where it takes the
+// staged kernel's 128-thread CTAs: give ctas=264 for the register kernel's own), few=0 (the
+// chooser without the few-rows kernel; its cluster and tpr set the rest of its shape); both
+// offset=K (row buffers start K elements past an aligned address). `copy` measures
+// device-to-device copy bandwidth (1 GiB), `copy:MiB` a copy of that size against it.
 // Times are per call: CUDA-event medians over batches of 20 back-to-back launches (the
 // gaps between kernels included; decode-sized kernels are host-bound unless --graph
 // replays the batch as a CUDA graph; --check-only skips timing) that rotate through input sets of 256 MB or more in all (beyond
