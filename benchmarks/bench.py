@@ -19,6 +19,12 @@ in the same run (an elementwise pass over 1 GiB, bytes read + written), and as a
 speedup over the XLA reference. Errors are max |out - float64 reference| (of y for the
 forward ops, of dx for the backward ones). Byte floors: forward reads x and writes y
 (2 passes over N x H), residual 4, backward 3 (reads x and dy, writes dx), fwd+bwd 5.
+
+A copy of the 1 GiB pass's kind moving the same bytes as each case (half read, half written,
+its input sets rotated the same way) is timed beside it: "%size" is that copy's time over
+ours (and XLA's). Below a few hundred MB a copy itself falls short of the 1 GiB figure (the
+grid's fill and its last wave weigh more), so this column tells how much of a shortfall any
+kernel moving those bytes pays, and how much is the kernel's own.
 """
 
 import argparse
@@ -131,6 +137,19 @@ def copy_bandwidth(device, calls):
   return 2 * a.nbytes / (kernel_us * 1e-6)
 
 
+def same_bytes_copy_us(moved, device, calls, cache):
+  """Median kernel µs of the copy pass moving `moved` bytes, its sets rotated as an op's are
+  (cached by size: the ops share a few)."""
+  if moved not in cache:
+    n = max(1, moved // 8)  # uint32 elements read (and as many written)
+    set_bytes = 4 * n
+    n_sets = min(64, max(2, -(-L2_ROTATION_BYTES // set_bytes))) if is_gpu(device) else 2
+    sets = [(jax.device_put(np.full(n, i, np.uint32), device),) for i in range(n_sets)]
+    cache[moved], _ = measure(jax.jit(lambda v: ~v), sets, device, calls)
+    del sets
+  return cache[moved]
+
+
 def reference64(x, residual, weight, eps=1e-6):
   """y in float64 from the (rounded) inputs."""
   s = np.asarray(x).astype(np.float64)
@@ -197,7 +216,7 @@ def make_inputs(names, rows, hidden, dtype, weight, device, rng):
   return arrays
 
 
-def bench_shape(op, rows, hidden, dtype, device, calls, bandwidth, rng):
+def bench_shape(op, rows, hidden, dtype, device, calls, bandwidth, rng, copy_cache):
   spec = OPS[op]
   row_arrays = [a for a in spec["arrays"] if a != "rstd"]
   set_bytes = rows * hidden * jnp.dtype(dtype).itemsize * len(row_arrays)
@@ -216,11 +235,15 @@ def bench_shape(op, rows, hidden, dtype, device, calls, bandwidth, rng):
   ours_us, ours_e2e = measure(ours, arg_sets, device, calls, ours_kernels)
   xla_us, xla_e2e = measure(xla, arg_sets, device, calls)
   moved = spec["passes"] * rows * hidden * jnp.dtype(dtype).itemsize
+  del input_sets, arg_sets
+  copy_us = same_bytes_copy_us(moved, device, calls, copy_cache)
   return {
       "op": op, "dtype": jnp.dtype(dtype).name, "rows": rows, "hidden": hidden,
       "ours_us": ours_us, "xla_us": xla_us, "speedup": xla_us / ours_us,
       "ours_pct_copy_bw": 100 * moved / (ours_us * 1e-6) / bandwidth,
       "xla_pct_copy_bw": 100 * moved / (xla_us * 1e-6) / bandwidth,
+      "same_bytes_copy_us": copy_us,
+      "ours_pct_same_bytes_copy": 100 * copy_us / ours_us, "xla_pct_same_bytes_copy": 100 * copy_us / xla_us,
       "ours_end_to_end_us": ours_e2e, "xla_end_to_end_us": xla_e2e,
       "ours_max_err": errors[0], "xla_max_err": errors[1],
       "ours_kernels_us": ours_kernels,
@@ -243,14 +266,16 @@ def print_table(results, device, bandwidth, timer):
   print(f"\ndevice: {device.device_kind} ({device.platform}); jax {jax.__version__}; timer: {timer}; "
         f"copy bandwidth {bandwidth / 1e12:.3f} TB/s (read + write)")
   header = (f"{'op':<9}{'dtype':<9}{'rows':>8}{'hidden':>8}{'ours µs':>10}{'xla µs':>10}"
-            f"{'speedup':>9}{'ours %bw':>10}{'xla %bw':>9}{'e2e ours':>10}{'e2e xla':>9}"
+            f"{'speedup':>9}{'ours %bw':>10}{'xla %bw':>9}{'ours %size':>11}{'xla %size':>10}"
+            f"{'e2e ours':>10}{'e2e xla':>9}"
             f"{'err ours':>10}{'err xla':>9}")
   print(header)
   print("-" * len(header))
   for r in results:
     print(f"{r['op']:<9}{r['dtype']:<9}{r['rows']:>8}{r['hidden']:>8}{r['ours_us']:>10.1f}"
           f"{r['xla_us']:>10.1f}{r['speedup']:>8.2f}x{r['ours_pct_copy_bw']:>9.1f}%"
-          f"{r['xla_pct_copy_bw']:>8.1f}%{r['ours_end_to_end_us']:>10.1f}{r['xla_end_to_end_us']:>9.1f}"
+          f"{r['xla_pct_copy_bw']:>8.1f}%{r['ours_pct_same_bytes_copy']:>10.1f}%{r['xla_pct_same_bytes_copy']:>9.1f}%"
+          f"{r['ours_end_to_end_us']:>10.1f}{r['xla_end_to_end_us']:>9.1f}"
           f"{r['ours_max_err']:>10.2e}{r['xla_max_err']:>9.2e}")
 
 
@@ -273,6 +298,7 @@ def main(argv=None):
   rng = np.random.default_rng(0)
   bandwidth = copy_bandwidth(device, calls)
   results = []
+  copy_cache = {}  # bytes moved: the same-size copy's µs
 
   def write_json(complete):
     # After every case, so a run stopped early (a device call's time limit) keeps what it measured.
@@ -288,10 +314,12 @@ def main(argv=None):
   for op in args.ops.split(","):
     for dtype in args.dtypes.split(","):
       for rows, hidden in shapes:
-        results.append(bench_shape(op, rows, hidden, jnp.dtype(dtype), device, calls, bandwidth, rng))
+        results.append(bench_shape(op, rows, hidden, jnp.dtype(dtype), device, calls, bandwidth, rng,
+                                   copy_cache))
         r = results[-1]
         print(f"  {op} {dtype} {rows}x{hidden}: ours {r['ours_us']:.1f} µs, xla {r['xla_us']:.1f} µs, "
-              f"{r['ours_pct_copy_bw']:.1f}% vs {r['xla_pct_copy_bw']:.1f}% of copy bandwidth"
+              f"{r['ours_pct_copy_bw']:.1f}% vs {r['xla_pct_copy_bw']:.1f}% of copy bandwidth, "
+              f"{r['ours_pct_same_bytes_copy']:.1f}% vs {r['xla_pct_same_bytes_copy']:.1f}% of the same-size copy"
               + "".join(f"; {short_kernel_name(k)} {v:.1f}" for k, v in r["ours_kernels_us"].items()
                         if len(r["ours_kernels_us"]) > 1),
               file=sys.stderr, flush=True)
