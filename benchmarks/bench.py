@@ -129,11 +129,20 @@ def measure(fn, arg_sets, device, calls, by_kernel=None):
   return kernel, end_to_end
 
 
+def rotation_sets(set_bytes, device):
+  """Input sets a measurement rotates over: together beyond L2 on a GPU (at most 64)."""
+  return min(64, max(2, -(-L2_ROTATION_BYTES // set_bytes))) if is_gpu(device) else 2
+
+
+# The streaming elementwise pass both copy figures time: reads and writes each element once.
+copy_pass = jax.jit(lambda v: ~v)
+
+
 def copy_bandwidth(device, calls):
   """Bytes read + written per second by a streaming elementwise pass (the physical limit)."""
   n = (1 << 30) // 4 if is_gpu(device) else (1 << 26) // 4
   a = jax.device_put(np.arange(n, dtype=np.uint32), device)
-  kernel_us, _ = measure(jax.jit(lambda v: ~v), [(a,)], device, calls)
+  kernel_us, _ = measure(copy_pass, [(a,)], device, calls)
   return 2 * a.nbytes / (kernel_us * 1e-6)
 
 
@@ -142,10 +151,8 @@ def same_bytes_copy_us(moved, device, calls, cache):
   (cached by size: the ops share a few)."""
   if moved not in cache:
     n = max(1, moved // 8)  # uint32 elements read (and as many written)
-    set_bytes = 4 * n
-    n_sets = min(64, max(2, -(-L2_ROTATION_BYTES // set_bytes))) if is_gpu(device) else 2
-    sets = [(jax.device_put(np.full(n, i, np.uint32), device),) for i in range(n_sets)]
-    cache[moved], _ = measure(jax.jit(lambda v: ~v), sets, device, calls)
+    sets = [(jax.device_put(np.full(n, i, np.uint32), device),) for i in range(rotation_sets(4 * n, device))]
+    cache[moved], _ = measure(copy_pass, sets, device, calls)
     del sets
   return cache[moved]
 
@@ -220,7 +227,7 @@ def bench_shape(op, rows, hidden, dtype, device, calls, bandwidth, rng, copy_cac
   spec = OPS[op]
   row_arrays = [a for a in spec["arrays"] if a != "rstd"]
   set_bytes = rows * hidden * jnp.dtype(dtype).itemsize * len(row_arrays)
-  n_sets = min(64, max(2, -(-L2_ROTATION_BYTES // set_bytes))) if is_gpu(device) else 2
+  n_sets = rotation_sets(set_bytes, device)
   weight = jax.device_put(rng.standard_normal(hidden).astype(np.float32) * 0.5 + 1, device)
   input_sets = [make_inputs(spec["arrays"], rows, hidden, dtype, weight, device, rng) for _ in range(n_sets)]
   arg_sets = [tuple(inputs[a] for a in spec["arrays"]) + (weight,) for inputs in input_sets]
