@@ -44,7 +44,8 @@ if [ -n "${SANITIZE_SWEEP:-}" ]; then
     timeout "${SANITIZE_TIMEOUT:-900}" compute-sanitizer --tool $tool --error-exitcode 99 \
       build/kernel_sweep --check-only $(grep -v '^#' "$SANITIZE_SWEEP") > "$log" 2>&1
     echo "kernel_sweep $tool exit $?: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1)" \
-      "| $(grep -c ' checked ' "$log") cases checked, $(grep -c MISMATCH "$log") mismatches, ${SECONDS}s"
+      "| $(grep -c ' checked ' "$log") cases checked, $(grep -c ' REFUSED ' "$log") refused," \
+      "$(grep -c MISMATCH "$log") mismatches, ${SECONDS}s"
   done
 fi
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
