@@ -345,7 +345,10 @@ void run_forward(const std::string& spec, const Case& c, int reps) {
     l.chunks = l.cluster = 1;
   }
   if (c.get("registers", 0)) l.kernel = FwdKernel::kRegisters;  // rows the chooser stages or streams
-  if (c.get("staged", 0)) l.kernel = FwdKernel::kStaged;
+  if (c.get("staged", 0)) {
+    l.kernel = FwdKernel::kStaged;
+    l.split = 1;  // the chooser's decode split (few rows) belongs to the register kernel alone
+  }
   l.threads_per_row = int(c.get("tpr", l.threads_per_row));
   l.chunks = int(c.get("chunks", l.chunks));
   l.block = int(c.get("block", l.block));
