@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p build
-nvcc -O3 -std=c++17 -arch=sm_90 -Icsrc -Xptxas=-warn-spills "$@" -o build/kernel_sweep \
+nvcc -O3 -std=c++17 -arch=sm_90 -Icsrc -Xptxas=-warn-spills,-warn-lmem-usage "$@" -o build/kernel_sweep \
   benchmarks/kernel_sweep.cu csrc/kernels/rms_norm_fwd.cu csrc/kernels/rms_norm_bwd.cu

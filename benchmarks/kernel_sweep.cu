@@ -8,7 +8,8 @@
 //
 // A case is op:ROWSxHIDDEN[:dtype][:key=value,...]; op is fwd, res (fused residual) or
 // bwd; dtype bf16 (default), f16 or f32 (the weight is float32). Keys override the
-// chooser's launch: fwd/res tpr, chunks, block, cluster, split, streaming=1, registers=1,
+// chooser's launch: fwd/res tpr, chunks, block, cluster, split (fixed=0: the split kernel with
+// its CTA size at run time, not the one compiled for it), streaming=1, registers=1,
 // staged=1 (its stages, wshared=0: the weight from global memory, clusters: the persistent
 // grid, 0 = as many as are resident) (and the options f32y=1: y in float32, hf=1: the HF
 // order); bwd tpr, chunks, block, cluster, stages, ctas, streaming=1, tiles=1 (the row-tile
@@ -281,9 +282,10 @@ std::string fwd_config(const FwdLaunch& l) {
                   l.grid == 0 ? "resident" : std::to_string(l.grid / l.cluster).c_str());
     return buf;
   }
-  std::snprintf(buf, sizeof buf, "%s vec=%d tpr=%d chunks=%d block=%d cluster=%d split=%d grid=%ld",
+  std::snprintf(buf, sizeof buf, "%s vec=%d tpr=%d chunks=%d block=%d cluster=%d split=%d%s grid=%ld",
                 l.kernel == FwdKernel::kStreaming ? "streaming" : "registers", l.vec, l.threads_per_row,
-                l.chunks, l.block, l.cluster, l.split, long(l.grid));
+                l.chunks, l.block, l.cluster, l.split, l.split > 1 && !l.fixed_block ? " fixed=0" : "",
+                long(l.grid));
   return buf;
 }
 
@@ -357,6 +359,7 @@ void run_forward(const std::string& spec, const Case& c, int reps) {
   l.split = int(c.get("split", l.split));
   l.stages = int(c.get("stages", l.stages));
   l.shared_weight = c.get("wshared", l.shared_weight) != 0;
+  l.fixed_block = c.get("fixed", l.fixed_block) != 0;
   l.grid = fwd_grid(l, c.rows);
   if (l.kernel == FwdKernel::kStaged) l.grid = c.get("clusters", 0) * l.cluster;  // 0: resident
 

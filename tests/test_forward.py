@@ -35,9 +35,13 @@ def test_shapes(device, rng, hidden, leading, x_dtype, w_dtype, residual):
   run_forward(device, rng, leading + (hidden,), x_dtype, w_dtype, residual)
 
 
-# (16, 8192) and (64, 2048): decode rows split over several CTAs (4 parts of two
-# accesses per thread; 2 parts), beside the one-CTA-per-row shapes.
-@dtype_grid([(2, 3, 4096), (5, 4097), (33, 128), (4, 1), (3, 24576), (16, 8192), (64, 2048)])
+# Decode rows split over several CTAs, beside the one-CTA-per-row shapes: (16, 8192) 4 parts
+# of two accesses a thread, (64, 2048) 2 parts; the CTA sizes the split kernel is compiled for,
+# 64 (40 x 512 bf16), 128 (8 x 1024 bf16, 40 x 512 f32), 256 with a partial last access
+# (5 x 2040 bf16) and 512 with 1, 2 and 4 accesses (bf16 4096, bf16 8192, f32 16 x 8192); the
+# CTA size taken at run time on the scalar path (6 x 1023).
+@dtype_grid([(2, 3, 4096), (5, 4097), (33, 128), (4, 1), (3, 24576), (16, 8192), (64, 2048),
+             (40, 512), (8, 1024), (5, 2040), (6, 1023)])
 def test_dtype_combinations(device, rng, shape, x_dtype, w_dtype, residual):
   run_forward(device, rng, shape, x_dtype, w_dtype, residual)
 
@@ -54,12 +58,14 @@ def test_long_rows_many_per_cluster(device, rng, shape, x_dtype, w_dtype, residu
   run_forward(device, rng, shape, x_dtype, w_dtype, residual)
 
 
-@pytest.mark.parametrize("hidden", [65536, 131072])
+# (batch, rows, hidden): long rows (the long-row kernel then reads the weight from global
+# memory instead of its shared copy) and decode rows split over CTAs (each CTA finds its
+# weight row by a 32-bit division: 5 rows a weight row, 8, and 1).
+@pytest.mark.parametrize("batch,rows,hidden", [(3, 40, 65536), (3, 40, 131072), (3, 5, 4096), (4, 8, 2048),
+                                               (8, 1, 4096)], ids=str)
 @pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
-def test_long_rows_weight_per_batch(device, rng, hidden, residual):
-  """A vmapped weight gives each group of rows its own weight row (the long-row kernel
-  then reads it from global memory instead of its shared copy)."""
-  batch, rows = 3, 40
+def test_weight_per_batch(device, rng, batch, rows, hidden, residual):
+  """A vmapped weight gives each group of rows its own weight row."""
   x = random_array(rng, (batch, rows, hidden), jnp.bfloat16, scale=2.0, mean=0.5)
   r = random_array(rng, (batch, rows, hidden), jnp.bfloat16)
   w = random_array(rng, (batch, hidden), jnp.float32, scale=0.5, mean=1.0)

@@ -21,6 +21,7 @@ struct FwdLaunch {
   int stages = 1;           // kStaged: rows each CTA has in flight (its shared-memory ring)
   bool shared_weight = true;  // kStaged: a weight row shared by all rows is copied to shared memory
   int64_t grid = 0;         // CTAs; kStaged: 0 = as many clusters as the device runs at once
+  bool fixed_block = true;  // split: the kernel compiled for this block when there is one (kernel_sweep fixed=0: not)
 };
 
 // Accesses per thread per row: 4 x 16 B in flight per thread with 64 registers, so

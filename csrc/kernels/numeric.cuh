@@ -122,4 +122,17 @@ __device__ __forceinline__ void load_as_float(const T* p, float (&out)[N]) {
   }
 }
 
+// load_as_float, or ones when !ok, without a branch: predicated loads (load_word_or_zero) and
+// selects. `p` is never dereferenced when !ok.
+template <int N, typename T>
+__device__ __forceinline__ void load_as_float_or_one(const T* p, bool ok, float (&out)[N]) {
+  constexpr int kPiece = (N * sizeof(T) > 16) ? 16 / sizeof(T) : N;
+#pragma unroll
+  for (int i = 0; i < N; i += kPiece) {
+    const Packed<T, kPiece> piece = unpack<T, kPiece>(load_word_or_zero<T, kPiece>(p + i, ok));
+#pragma unroll
+    for (int j = 0; j < kPiece; ++j) out[i + j] = ok ? to_float(piece.v[j]) : 1.f;
+  }
+}
+
 }  // namespace jax_rmsnorm

@@ -78,11 +78,17 @@ struct RowMap {
   float inv_hidden = 0.f;
 };
 
+// SPLIT_BLOCK: 0 for the row kernels; otherwise a SPLIT kernel (decode), with SPLIT_BLOCK
+// threads a CTA when that is positive (then the reduction's group sizes and every access's
+// column offset are constants), any block when kAnyBlock.
+constexpr int kAnyBlock = -1;
+
 // Two 512-thread CTAs (or four of 256) per SM: at most 64 registers a thread. SPLIT
 // kernels run one wave of few CTAs, so they may take more.
-template <typename T, typename W, typename O, int VEC, int CHUNKS, bool SPLIT>
-__global__ void __launch_bounds__(kRegistersBlock, SPLIT ? 1 : 2)
+template <typename T, typename W, typename O, int VEC, int CHUNKS, int SPLIT_BLOCK>
+__global__ void __launch_bounds__(kRegistersBlock, SPLIT_BLOCK != 0 ? 1 : 2)
     rms_norm_fwd_registers(FwdProblem p, RowMap m) {
+  constexpr bool SPLIT = SPLIT_BLOCK != 0;
   __shared__ RowSumScratch scratch;
   const int cluster = SPLIT ? 1 : 1 << m.cluster_log2;  // SPLIT: no cluster code at all
   start_cluster(scratch, cluster);
@@ -94,7 +100,7 @@ __global__ void __launch_bounds__(kRegistersBlock, SPLIT ? 1 : 2)
   if (SPLIT) {
     row = blockIdx.x >> m.split_log2;
     lane = threadIdx.x;
-    row_threads = blockDim.x;
+    row_threads = SPLIT_BLOCK > 0 ? SPLIT_BLOCK : int(blockDim.x);
     first_unit = (blockIdx.x & ((1 << m.split_log2) - 1)) * m.part_units;
   } else if (cluster > 1) {
     row = blockIdx.x >> m.cluster_log2;
@@ -122,6 +128,8 @@ __global__ void __launch_bounds__(kRegistersBlock, SPLIT ? 1 : 2)
   // the row's loads, they waited for them (the unpacking below is scheduled before the
   // weights' branches; benchmarks/NOTES.md, entry 17). More chunks' weights would not
   // fit the register budget; those are loaded as each access is written.
+  // SPLIT (decode) kernels ask for them right after the row's loads instead, without a
+  // branch (below).
   constexpr bool kOneWrite = CHUNKS == 1 || SPLIT;
   int mine_col = -1;
   float w[VEC];
@@ -130,7 +138,7 @@ __global__ void __launch_bounds__(kRegistersBlock, SPLIT ? 1 : 2)
     for (int c = 0; c < CHUNKS; ++c) {
       if (writes(c)) mine_col = unit(c) * VEC;
     }
-    if (mine_col >= 0) load_weight<VEC>(weight_row<W>(p, row), mine_col, w);
+    if (!SPLIT && mine_col >= 0) load_weight<VEC>(weight_row<W>(p, row), mine_col, w);
   }
   // Phase 1: the whole row into registers, every load issued before any use: all x
   // loads, then all residual loads, then the unpacking and the adds. Written
@@ -142,6 +150,18 @@ __global__ void __launch_bounds__(kRegistersBlock, SPLIT ? 1 : 2)
   if (residual != nullptr) {
 #pragma unroll
     for (int c = 0; c < CHUNKS; ++c) r_words[c] = load_word_or_zero<T, VEC>(residual + unit(c) * VEC, in_row(c));
+  }
+  if (SPLIT) {
+    // The row's loads first, then the weights' as predicated loads. Ahead of the row, the
+    // weights' branches and arithmetic held its loads back (0.06-0.11 us of a 1.6-2.1 us
+    // decode kernel); after it behind those branches, the weights waited for the row when
+    // there was a residual (0.1-0.2 us slower; benchmarks/NOTES.md, entry 32). Decode rows
+    // fit 32 bits: a 32-bit division, inline, where the 64-bit one is a call.
+    const W* weight = static_cast<const W*>(p.weight);
+    const unsigned weight_index =
+        p.rows_per_weight >= p.rows ? 0u : static_cast<unsigned>(row) / static_cast<unsigned>(p.rows_per_weight);
+    load_as_float_or_one<VEC>(weight + int64_t{weight_index} * p.hidden + (mine_col >= 0 ? mine_col : 0),
+                              weight != nullptr && mine_col >= 0, w);
   }
   Packed<T, VEC> s[CHUNKS];
 #pragma unroll
@@ -383,6 +403,23 @@ std::string check_launch(const FwdLaunch& l, int64_t rows, int64_t hidden, int e
   return {};
 }
 
+// The split kernel with the CTA size a constant for the launches choose_fwd_launch makes
+// on the vector path (one access a thread over the row's accesses rounded up to a power of
+// two, or 512 threads with 2 or 4): 0.1-0.16 us faster at decode sizes (benchmarks/NOTES.md,
+// entry 32). Other blocks (kernel_sweep's, the scalar path) take it at run time.
+template <typename T, typename W, typename O, int VEC, int CHUNKS>
+auto split_kernel(int block) {
+  if constexpr (VEC * sizeof(T) == 16) {
+    if constexpr (CHUNKS == 1) {
+      if (block == 64) return rms_norm_fwd_registers<T, W, O, VEC, CHUNKS, 64>;
+      if (block == 128) return rms_norm_fwd_registers<T, W, O, VEC, CHUNKS, 128>;
+      if (block == 256) return rms_norm_fwd_registers<T, W, O, VEC, CHUNKS, 256>;
+    }
+    if (block == 512) return rms_norm_fwd_registers<T, W, O, VEC, CHUNKS, 512>;
+  }
+  return rms_norm_fwd_registers<T, W, O, VEC, CHUNKS, kAnyBlock>;
+}
+
 template <typename T, typename W, typename O, int VEC>
 cudaError_t launch_registers(const FwdProblem& p, const FwdLaunch& l, float inv_hidden, cudaStream_t stream) {
   RowMap m;
@@ -394,8 +431,8 @@ cudaError_t launch_registers(const FwdProblem& p, const FwdLaunch& l, float inv_
   m.inv_hidden = inv_hidden;
   return dispatch_chunks<kMaxChunks>(l.chunks, [&](auto chunks) {
     constexpr int kChunks = decltype(chunks)::value;
-    auto kernel = l.split > 1 ? rms_norm_fwd_registers<T, W, O, VEC, kChunks, true>
-                              : rms_norm_fwd_registers<T, W, O, VEC, kChunks, false>;
+    auto kernel = rms_norm_fwd_registers<T, W, O, VEC, kChunks, 0>;
+    if (l.split > 1) kernel = split_kernel<T, W, O, VEC, kChunks>(l.fixed_block ? l.block : 0);
     return launch(kernel, dim3(static_cast<unsigned>(l.grid)), dim3(l.block), 0, l.cluster, stream, p, m);
   });
 }
