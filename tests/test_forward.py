@@ -37,9 +37,9 @@ def test_shapes(device, rng, hidden, leading, x_dtype, w_dtype, residual):
 
 # Decode rows split over several CTAs, beside the one-CTA-per-row shapes: (16, 8192) 4 parts
 # of two accesses a thread, (64, 2048) 2 parts; the CTA sizes the split kernel is compiled for,
-# 64 (40 x 512 bf16), 128 (8 x 1024 bf16, 40 x 512 f32), 256 with a partial last access
-# (5 x 2040 bf16) and 512 with 1, 2 and 4 accesses (bf16 4096, bf16 8192, f32 16 x 8192); the
-# CTA size taken at run time on the scalar path (6 x 1023).
+# 64 (40 x 512 bf16), 128 (8 x 1024 bf16, 40 x 512 f32), 256 with one thread past the row's 255
+# accesses (5 x 2040 bf16) and 512 with 1, 2 and 4 accesses (bf16 4096, bf16 8192, f32 16 x 8192);
+# the CTA size taken at run time on the scalar path (6 x 1023).
 @dtype_grid([(2, 3, 4096), (5, 4097), (33, 128), (4, 1), (3, 24576), (16, 8192), (64, 2048),
              (40, 512), (8, 1024), (5, 2040), (6, 1023)])
 def test_dtype_combinations(device, rng, shape, x_dtype, w_dtype, residual):

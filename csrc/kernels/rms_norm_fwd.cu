@@ -153,7 +153,7 @@ __global__ void __launch_bounds__(kRegistersBlock, SPLIT_BLOCK != 0 ? 1 : 2)
   }
   if (SPLIT) {
     // The row's loads first, then the weights' as predicated loads. Ahead of the row, the
-    // weights' branches and arithmetic held its loads back (0.06-0.11 us of a 1.6-2.1 us
+    // weights' branches and arithmetic held its loads back (0.06-0.13 us of a 1.5-2.1 us
     // decode kernel); after it behind those branches, the weights waited for the row when
     // there was a residual (0.1-0.2 us slower; benchmarks/NOTES.md, entry 32). Decode rows
     // fit 32 bits: a 32-bit division, inline, where the 64-bit one is a call.

@@ -1,0 +1,66 @@
+"""Which kernels of a CUDA source compile to the same PTX at another commit (no GPU needed).
+
+    python3 benchmarks/compare_ptx.py ff88318 csrc/kernels/rms_norm_fwd.cu --rename ELb0EE=ELi0EE
+
+Compiles the file from `git archive COMMIT csrc` and from the working tree with nvcc -ptx
+(sm_90, -O3), then compares every kernel the old PTX has with the new one of the same name:
+the anonymous namespace's hash and branch-label numbers are normalized away, and --rename
+maps template arguments a change renamed (e.g. a bool parameter that became an int). Prints
+the counts and the names of the kernels that differ or are gone.
+"""
+
+import argparse
+import os
+import re
+import subprocess
+import tempfile
+
+ANON = re.compile(r"_GLOBAL__N__[0-9a-f]+_\d+_\w+?_cu_[0-9a-f]+")
+
+
+def kernels(ptx_path, renames):
+  text = ANON.sub("ANON", open(ptx_path).read())
+  text = re.sub(r"\$L__BB\d+_", "$L__BB_", text)
+  for old, new in renames:
+    text = text.replace(old, new)
+  entries = list(re.finditer(r"\.entry (\S+)\(", text))
+  bodies = {}
+  for i, m in enumerate(entries):
+    end = entries[i + 1].start() if i + 1 < len(entries) else len(text)
+    bodies[m.group(1)] = text[m.start():end].strip()
+  return bodies
+
+
+def ptx(source_root, source, out):
+  subprocess.run(["nvcc", "-O3", "-std=c++17", "-arch=sm_90", "-I" + os.path.join(source_root, "csrc"), "-ptx",
+                  "-o", out, os.path.join(source_root, source)], check=True)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("commit")
+  parser.add_argument("source", help="e.g. csrc/kernels/rms_norm_fwd.cu")
+  parser.add_argument("--rename", action="append", default=[], help="OLD=NEW in the old PTX's names")
+  args = parser.parse_args()
+  renames = [tuple(r.split("=", 1)) for r in args.rename]
+  with tempfile.TemporaryDirectory() as tmp:
+    old_root = os.path.join(tmp, "old")
+    os.makedirs(old_root)
+    archive = subprocess.run(["git", "archive", args.commit, "csrc"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "x", "-C", old_root], input=archive, check=True)
+    ptx(old_root, args.source, os.path.join(tmp, "old.ptx"))
+    ptx(".", args.source, os.path.join(tmp, "new.ptx"))
+    old, new = kernels(os.path.join(tmp, "old.ptx"), renames), kernels(os.path.join(tmp, "new.ptx"), [])
+  same = [k for k in old if new.get(k) == old[k]]
+  differ = [k for k in old if k in new and new[k] != old[k]]
+  gone = [k for k in old if k not in new]
+  print(f"{args.source} at {args.commit} against the working tree: {len(old)} old kernels, {len(new)} new;"
+        f" {len(same)} the same, {len(differ)} differ, {len(gone)} not in the new PTX")
+  for name in differ:
+    print("differs:", name)
+  for name in gone:
+    print("gone:", name)
+
+
+if __name__ == "__main__":
+  main()
