@@ -13,6 +13,11 @@ given ``s`` (x or new_residual), ``rstd`` and ``weight``. Evaluating it (forward
 Lowers to the FFI call ``BWD_TARGET``; ``partials`` is the float32 scratch in which the
 kernel reduces ``dweight`` deterministically (XLA allocates it, so the handler never does).
 
+Second derivatives (``jax.hessian``, grad of grad, forward over forward) differentiate the
+tangent and backward primitives through their jnp twins (``_tangent_jnp``,
+``backward_jnp``): the primal values still come from the kernels, only the derivatives of
+the derivatives are jnp.
+
 Each FFI call is decoded by ``csrc/ffi/calls.h`` and runs ``csrc/kernels`` (CUDA) or
 ``csrc/cpu`` (CPU).
 """
@@ -301,6 +306,18 @@ def _tangent_transpose(cotangents, s, rstd, *operands, has_residual, has_weight,
           + ([d_weight] if has_weight_tangent else []))
 
 
+def _jvp_through(fn, primals, tangents):
+  """The JVP of `fn` (plain jnp, a primitive's twin), symbolic-zero tangents made dense."""
+  return jax.jvp(fn, tuple(primals), tuple(ad.instantiate_zeros(t) for t in tangents))
+
+
+def _tangent_jvp(primals, tangents, **params):
+  # Only second derivatives get here (forward over forward, reverse over forward): the
+  # tangent primitive is jnp already, so its twin gives both values.
+  outs, tangent_outs = _jvp_through(functools.partial(_tangent_jnp, **params), primals, tangents)
+  return list(outs), list(tangent_outs)
+
+
 # ---------------------------------------------------------------------------- backward
 
 
@@ -332,6 +349,24 @@ def backward_jnp(dy, s, rstd, weight=None, d_new_residual=None, *, want_dweight,
   if want_dweight:  # summed over the rows a [*lead, hidden] weight is shared by
     d_weight = jnp.sum(g * n, axis=tuple(range(weight.ndim - 1, s.ndim - 1)))
   return ds.astype(s.dtype), d_weight
+
+
+def _bwd_jvp(primals, tangents, *, has_weight, has_residual_grad, want_dweight):
+  """The backward's own derivative (second derivatives only): the kernel's values, the
+  tangents of backward_jnp's. The dweight partials are scratch, with a zero tangent."""
+  outs = rms_norm_bwd_p.bind(*primals, has_weight=has_weight,
+                             has_residual_grad=has_residual_grad, want_dweight=want_dweight)
+
+  def twin(dy, s, rstd, *rest):
+    weight, d_new = _take(rest, has_weight, has_residual_grad)
+    dx, dweight = backward_jnp(dy, s, rstd, weight, d_new, want_dweight=want_dweight)
+    return (dx,) if dweight is None else (dx, dweight.astype(weight.dtype))
+
+  _, tangent_outs = _jvp_through(twin, primals, tangents)
+  tangent_outs = list(tangent_outs)
+  if want_dweight:
+    tangent_outs.append(ad.Zero(jax.typeof(outs[2]).to_tangent_aval()))
+  return outs, tangent_outs
 
 
 def _bwd_abstract_eval(dy, s, rstd, *operands, has_weight, has_residual_grad, want_dweight):
@@ -379,9 +414,11 @@ rms_norm_tangent_p.def_abstract_eval(_tangent_abstract_eval)
 mlir.register_lowering(rms_norm_tangent_p, mlir.lower_fun(_tangent_jnp, multiple_results=True))
 batching.primitive_batchers[rms_norm_tangent_p] = _tangent_batch
 ad.primitive_transposes[rms_norm_tangent_p] = _tangent_transpose
+ad.primitive_jvps[rms_norm_tangent_p] = _tangent_jvp
 
 _def_impl(rms_norm_bwd_p)
 rms_norm_bwd_p.def_abstract_eval(_bwd_abstract_eval)
 _register_lowerings(rms_norm_bwd_p, lambda params: _ffi.BWD_TARGET, _bwd_attributes,
                     _partition.bwd_roles)
 batching.primitive_batchers[rms_norm_bwd_p] = _bwd_batch
+ad.primitive_jvps[rms_norm_bwd_p] = _bwd_jvp

@@ -300,8 +300,112 @@ def test_flax_training_follows_reference(device):
   np.testing.assert_allclose(ours, ref, rtol=2e-2, atol=1e-4)
 
 
-def test_second_derivatives_raise_clearly():
-  """Documented limit: no rule for differentiating the backward itself."""
-  x = jnp.arange(1.0, 9.0).reshape(2, 4)
-  with pytest.raises(NotImplementedError, match="jax_rmsnorm_bwd"):
-    jax.hessian(lambda x: jnp.sum(jax_rmsnorm.rms_norm(x)))(x)
+def _loss64(x, residual, weight, eps=1e-6):
+  """sum(sin(y)) (+ sum(cos(new_residual))) in float64 jnp: the second derivatives' truth."""
+  s = x if residual is None else x + residual
+  y = s * jax.lax.rsqrt(jnp.mean(s * s, axis=-1, keepdims=True) + eps) * weight
+  return jnp.sum(jnp.sin(y)) + (0.0 if residual is None else jnp.sum(jnp.cos(s)))
+
+
+def _loss(x, residual, weight):
+  if residual is None:
+    return jnp.sum(jnp.sin(jax_rmsnorm.rms_norm(x, weight).astype(jnp.float32)))
+  y, s = jax_rmsnorm.rms_norm_residual(x, residual, weight)
+  return jnp.sum(jnp.sin(y.astype(jnp.float32))) + jnp.sum(jnp.cos(s.astype(jnp.float32)))
+
+
+SECOND_ORDER = {
+    "hessian": lambda f, n: jax.hessian(f, argnums=tuple(range(n))),  # forward over reverse
+    "rev-rev": lambda f, n: jax.jacrev(jax.jacrev(f, argnums=tuple(range(n))), argnums=tuple(range(n))),
+    "fwd-fwd": lambda f, n: jax.jacfwd(jax.jacfwd(f, argnums=tuple(range(n))), argnums=tuple(range(n))),
+    "rev-fwd": lambda f, n: jax.jacrev(jax.jacfwd(f, argnums=tuple(range(n))), argnums=tuple(range(n))),
+}
+
+
+@pytest.mark.parametrize("order", list(SECOND_ORDER))
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+def test_second_derivatives(device, rng, order, residual):
+  """Every composition of forward and reverse mode, against float64 jnp: the full
+  Hessian over x, (residual) and weight, so every cross term is checked."""
+  x = random_array(rng, (2, 3, 24), jnp.float32, scale=2.0, mean=0.5)
+  r = random_array(rng, x.shape, jnp.float32) if residual else None
+  w = random_array(rng, (24,), jnp.float32, scale=0.5, mean=1.0)
+  args = [a for a in (x, r, w) if a is not None]
+  fn = (lambda x, r, w: _loss(x, r, w)) if residual else (lambda x, w: _loss(x, None, w))
+  fn64 = (lambda x, r, w: _loss64(x, r, w)) if residual else (lambda x, w: _loss64(x, None, w))
+  got = jax.jit(SECOND_ORDER[order](fn, len(args)))(*on_device(device, *args))
+  with jax.enable_x64(True):
+    want = SECOND_ORDER[order](fn64, len(args))(*[jnp.asarray(a.astype(np.float64)) for a in args])
+  got, want = jax.tree.leaves(got), jax.tree.leaves(want)
+  assert len(got) == len(want) == len(args) ** 2
+  scale = max(float(np.max(np.abs(np.asarray(a)))) for a in want)
+  for i, (g, wnt) in enumerate(zip(got, want)):
+    g, wnt = np.asarray(g), np.asarray(wnt)
+    assert g.shape == wnt.shape and g.dtype == np.float32, (i, g.shape, g.dtype)
+    assert np.isfinite(g).all(), f"block {i}: non-finite entries"
+    np.testing.assert_allclose(g, wnt, rtol=2e-4, atol=2e-5 * scale, err_msg=f"block {i} (seed {rng.seed})")
+
+
+def test_gradient_penalty_runs_the_backward_kernel(device, rng):
+  """grad of a loss that contains a gradient (reverse over reverse, the primal backward
+  used): the backward's values come from its FFI call, its derivative from jnp."""
+  x = random_array(rng, (4, 3, 40), jnp.float32)
+  w = random_array(rng, (40,), jnp.float32, mean=1.0)
+
+  def penalized(norm):
+    def loss(x, w):
+      inner = lambda x: jnp.sum(jnp.sin(norm(x, w)))
+      g = jax.grad(inner)(x)
+      return inner(x) + jnp.sum(g * g)
+    return jax.grad(loss, argnums=(0, 1))
+
+  jaxpr = str(jax.make_jaxpr(penalized(jax_rmsnorm.rms_norm))(x, w))
+  assert "jax_rmsnorm_bwd" in jaxpr and "jax_rmsnorm_fwd" in jaxpr
+  got = jax.jit(penalized(jax_rmsnorm.rms_norm))(*on_device(device, x, w))
+  with jax.enable_x64(True):
+    ref = lambda x, w: x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-6) * w
+    want = penalized(ref)(*[jnp.asarray(a.astype(np.float64)) for a in (x, w)])
+  for g, wnt in zip(got, want):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(wnt), rtol=1e-4,
+                               atol=1e-5 * float(np.max(np.abs(wnt))), err_msg=f"seed {rng.seed}")
+
+
+@pytest.mark.parametrize("x_dtype", [jnp.bfloat16, jnp.float16], ids=["bf16", "f16"])
+def test_hessian_vector_product_half_precision(device, rng, x_dtype):
+  """jvp of grad at 16-bit x and a float32 weight, under vmap over a batch of inputs: the
+  gradient is rounded to x's dtype once, its derivative is float32 jnp rounded to it."""
+  x = random_array(rng, (3, 5, 64), x_dtype, scale=2.0, mean=0.5)
+  v = random_array(rng, x.shape, x_dtype)
+  w = random_array(rng, (64,), jnp.float32, scale=0.5, mean=1.0)
+
+  def hvp(norm):
+    grad = jax.grad(lambda x: jnp.sum(jnp.sin(norm(x, w).astype(jnp.float32))))
+    return jax.vmap(lambda x, v: jax.jvp(grad, (x,), (v,))[1])
+
+  got = np.asarray(jax.jit(hvp(jax_rmsnorm.rms_norm))(*on_device(device, x, v)))
+  assert got.dtype == np.dtype(x_dtype)
+  with jax.enable_x64(True):
+    ref = lambda x, w: x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-6) * w
+    w64 = jnp.asarray(w.astype(np.float64))
+    want = np.asarray(jax.vmap(lambda x, v: jax.jvp(
+        jax.grad(lambda x: jnp.sum(jnp.sin(ref(x, w64)))), (x,), (v,))[1])(
+            *[jnp.asarray(a.astype(np.float64)) for a in (x, v)]))
+  # The output's rounding to x's dtype, and float32 sums of terms as large as the result.
+  assert_close(got, want, x_dtype, "hvp", rng.seed, atol=2e-2 * float(np.max(np.abs(want))))
+
+
+def test_vmapped_hessian_per_batch_weights(device, rng):
+  """vmap of the Hessian of the residual op, each batch element its own weight (the
+  backward's batching rule under its JVP), against float64 jnp."""
+  x, r = (random_array(rng, (4, 3, 16), jnp.float32) for _ in range(2))
+  w = random_array(rng, (4, 16), jnp.float32, scale=0.5, mean=1.0)
+  hessian = lambda loss: jax.vmap(jax.hessian(loss, argnums=(0, 1, 2)))
+  got = jax.jit(hessian(_loss))(*on_device(device, x, r, w))
+  with jax.enable_x64(True):
+    want = hessian(_loss64)(*[jnp.asarray(a.astype(np.float64)) for a in (x, r, w)])
+  got, want = jax.tree.leaves(got), jax.tree.leaves(want)
+  assert len(got) == 9
+  scale = max(float(np.max(np.abs(np.asarray(a)))) for a in want)
+  for i, (g, wnt) in enumerate(zip(got, want)):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(wnt), rtol=2e-4, atol=2e-5 * scale,
+                               err_msg=f"block {i} (seed {rng.seed})")
