@@ -18,7 +18,9 @@ Every time is also shown as a fraction of the device's copy bandwidth, measured
 in the same run (an elementwise pass over 1 GiB, bytes read + written), and as a
 speedup over the XLA reference. Errors are max |out - float64 reference| (of y for the
 forward ops, of dx for the backward ones). Byte floors: forward reads x and writes y
-(2 passes over N x H), residual 4, backward 3 (reads x and dy, writes dx), fwd+bwd 5.
+(2 passes over N x H), residual 4, backward 3 (reads x and dy, writes dx), fwd+bwd 5;
+forward-y16 (float32 x, `out_dtype=bfloat16`; with --dtypes float32 only) 4 + 2 bytes an
+element.
 
 A copy of the 1 GiB pass's kind moving the same bytes as each case (half read, half written,
 its input sets rotated the same way) is timed beside it: "%size" is that copy's time over
@@ -187,13 +189,18 @@ def _backward_only(x, w, dy, rstd):
   return primitives.rms_norm_bwd(dy, x, rstd, w, want_dweight=True)
 
 
-# Each op: how many row-sized arrays it reads + writes (its byte floor), the arrays
-# each input set holds, our function and XLA's, and which output is checked against
-# which float64 reference.
+# Each op: how many row-sized arrays it reads + writes (its byte floor, in x's element
+# size), the arrays each input set holds, our function and XLA's, which output is checked
+# against which float64 reference, and (x_dtype) the one row dtype it runs for.
 OPS = {
     "forward": dict(passes=2, arrays=("x",), ours=lambda x, w: jax_rmsnorm.rms_norm(x, w),
                     xla=lambda x, w: reference.rms_norm(x, w),
                     check=lambda out, a, w: (out, reference64(a["x"], None, w))),
+    # float32 rows, a bfloat16 y (out_dtype): 4 + 2 bytes an element, 1.5 float32 passes.
+    "forward-y16": dict(passes=1.5, arrays=("x",), x_dtype="float32",
+                        ours=lambda x, w: jax_rmsnorm.rms_norm(x, w, out_dtype=jnp.bfloat16),
+                        xla=lambda x, w: reference.rms_norm(x, w, out_dtype=jnp.bfloat16),
+                        check=lambda out, a, w: (out, reference64(a["x"], None, w))),
     "residual": dict(passes=4, arrays=("x", "r"),
                      ours=lambda x, r, w: jax_rmsnorm.rms_norm_residual(x, r, w),
                      xla=lambda x, r, w: reference.rms_norm_residual(x, r, w),
@@ -241,7 +248,7 @@ def bench_shape(op, rows, hidden, dtype, device, calls, bandwidth, rng, copy_cac
   ours_kernels = {}  # our kernels' medians apart (the backward is a row kernel and a dweight sum)
   ours_us, ours_e2e = measure(ours, arg_sets, device, calls, ours_kernels)
   xla_us, xla_e2e = measure(xla, arg_sets, device, calls)
-  moved = spec["passes"] * rows * hidden * jnp.dtype(dtype).itemsize
+  moved = int(spec["passes"] * rows * hidden * jnp.dtype(dtype).itemsize)
   del input_sets, arg_sets
   copy_us = same_bytes_copy_us(moved, device, calls, copy_cache)
   return {
@@ -272,14 +279,14 @@ def short_kernel_name(name):
 def print_table(results, device, bandwidth, timer):
   print(f"\ndevice: {device.device_kind} ({device.platform}); jax {jax.__version__}; timer: {timer}; "
         f"copy bandwidth {bandwidth / 1e12:.3f} TB/s (read + write)")
-  header = (f"{'op':<9}{'dtype':<9}{'rows':>8}{'hidden':>8}{'ours µs':>10}{'xla µs':>10}"
+  header = (f"{'op':<12}{'dtype':<9}{'rows':>8}{'hidden':>8}{'ours µs':>10}{'xla µs':>10}"
             f"{'speedup':>9}{'ours %bw':>10}{'xla %bw':>9}{'ours %size':>11}{'xla %size':>10}"
             f"{'e2e ours':>10}{'e2e xla':>9}"
             f"{'err ours':>10}{'err xla':>9}")
   print(header)
   print("-" * len(header))
   for r in results:
-    print(f"{r['op']:<9}{r['dtype']:<9}{r['rows']:>8}{r['hidden']:>8}{r['ours_us']:>10.1f}"
+    print(f"{r['op']:<12}{r['dtype']:<9}{r['rows']:>8}{r['hidden']:>8}{r['ours_us']:>10.1f}"
           f"{r['xla_us']:>10.1f}{r['speedup']:>8.2f}x{r['ours_pct_copy_bw']:>9.1f}%"
           f"{r['xla_pct_copy_bw']:>8.1f}%{r['ours_pct_same_bytes_copy']:>10.1f}%{r['xla_pct_same_bytes_copy']:>9.1f}%"
           f"{r['ours_end_to_end_us']:>10.1f}{r['xla_end_to_end_us']:>9.1f}"
@@ -320,6 +327,8 @@ def main(argv=None):
 
   for op in args.ops.split(","):
     for dtype in args.dtypes.split(","):
+      if OPS[op].get("x_dtype", dtype) != dtype:
+        continue  # forward-y16 runs with --dtypes float32 only
       for rows, hidden in shapes:
         results.append(bench_shape(op, rows, hidden, jnp.dtype(dtype), device, calls, bandwidth, rng,
                                    copy_cache))

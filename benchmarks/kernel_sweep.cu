@@ -6,24 +6,25 @@
 //   build/kernel_sweep copy fwd:16384x4096 fwd:1024x65536:block=256,chunks=4,cluster=8 \
 //       bwd:4096x4096:stages=2,ctas=132 res:32768x4096:f16
 //
-// A case is op:ROWSxHIDDEN[:dtype][:key=value,...]; op is fwd, res (fused residual) or
-// bwd; dtype bf16 (default), f16 or f32 (the weight is float32). Keys override the
-// chooser's launch: fwd/res tpr, chunks, block, cluster, split (fixed=0: the split kernel with
-// its CTA size at run time, not the one compiled for it), streaming=1, registers=1,
-// staged=1 (its stages, wshared=0: the weight from global memory, clusters: the persistent
-// grid, 0 = as many as are resident) (and the options f32y=1: y in float32, hf=1: the HF
-// order); bwd tpr, chunks, block, cluster, stages, ctas, streaming=1, tiles=1 (the row-tile
-// kernel), staged=1 (its stages; ctas: partial rows, the clusters at most), registers=1 (the
-// chooser without the staged kernel; ctas stays the chooser's count, 528 where it takes the
-// staged kernel's 128-thread CTAs: give ctas=264 for the register kernel's own), few=0 (the
-// chooser without the few-rows kernel; its cluster and tpr set the rest of its shape); both
-// offset=K (row buffers start K elements past an aligned address). `copy` measures
-// device-to-device copy bandwidth (1 GiB), `copy:MiB` a copy of that size against it.
-// Times are per call: CUDA-event medians over batches of 20 back-to-back launches (the
-// gaps between kernels included; decode-sized kernels are host-bound unless --graph
-// replays the batch as a CUDA graph; --check-only skips timing) that rotate through input sets of 256 MB or more in all (beyond
-// L2). Bandwidth counts the op's byte floor (read x [and residual] / dy and x, write y
-// [and residual_out] / dx) against the copy bandwidth measured by `copy`.
+// A case is op:ROWSxHIDDEN[:dtype][:key=value,...]; op is fwd, res (fused residual) or bwd;
+// dtype bf16 (default), f16 or f32 (the weight is float32). Keys override the chooser's
+// launch: fwd/res tpr, chunks, block, cluster, split (fixed=0: the split kernel with its
+// CTA size at run time, not the one compiled for it), streaming=1, registers=1, staged=1
+// (its stages, wshared=0: the weight from global memory, clusters: the persistent grid, 0 =
+// as many as are resident) (and the options f32y=1: y in float32, bf16y=1 / f16y=1: y in
+// bf16 / f16 from f32 x, hf=1: the HF order); bwd tpr, chunks, block, cluster, stages,
+// ctas, streaming=1, tiles=1 (the row-tile kernel), staged=1 (its stages; ctas: partial
+// rows, the clusters at most), registers=1 (the chooser without the staged kernel; ctas
+// stays the chooser's count, 528 where it takes the staged kernel's 128-thread CTAs: give
+// ctas=264 for the register kernel's own), few=0 (the chooser without the few-rows kernel;
+// its cluster and tpr set the rest of its shape); both offset=K (row buffers start K
+// elements past an aligned address). `copy` measures device-to-device copy bandwidth (1
+// GiB), `copy:MiB` a copy of that size against it. Times are per call: CUDA-event medians
+// over batches of 20 back-to-back launches (the gaps between kernels included; decode-sized
+// kernels are host-bound unless --graph replays the batch as a CUDA graph; --check-only
+// skips timing) that rotate through input sets of 256 MB or more in all (beyond L2).
+// Bandwidth counts the op's byte floor (read x [and residual] / dy and x, write y [and
+// residual_out] / dx) against the copy bandwidth measured by `copy`.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -307,9 +308,13 @@ void run_forward(const std::string& spec, const Case& c, int reps) {
   const bool residual = c.op == "res";
   const int eb = dtype_bytes(c.dtype);
   const int64_t n = c.rows * c.hidden;
-  // Forward options: f32y=1 writes y in float32 (x narrower), hf=1 the HF order.
-  const bool float32_y = c.get("f32y", 0) && c.dtype != DType::kF32;
-  const DType y_dtype = float32_y ? DType::kF32 : c.dtype;
+  // Forward options: f32y=1 writes y in float32 (x narrower), bf16y=1 / f16y=1 in bf16 /
+  // f16 (float32 x), hf=1 the HF order.
+  DType y_dtype = c.dtype;
+  if (c.get("f32y", 0)) y_dtype = DType::kF32;
+  if (c.dtype == DType::kF32 && c.get("bf16y", 0)) y_dtype = DType::kBF16;
+  if (c.dtype == DType::kF32 && c.get("f16y", 0)) y_dtype = DType::kF16;
+  const bool wide_y = dtype_bytes(y_dtype) > eb;
   const int yb = dtype_bytes(y_dtype);
   std::mt19937 rng(0);
   auto x_host = host_rows(n, c.dtype, rng);
@@ -336,11 +341,11 @@ void run_forward(const std::string& spec, const Case& c, int reps) {
     p.eps = 1e-6f;
     p.x_dtype = c.dtype;
     p.weight_dtype = DType::kF32;
-    p.float32_y = float32_y;
+    p.y_dtype = y_dtype;
     p.round_normalized = c.get("hf", 0) != 0;
   }
   FwdLaunch l = choose_fwd_launch(c.rows, c.hidden, eb, c.hidden % (16 / eb) == 0 && row_offset % 16 == 0,
-                                  16 /* the H100 and H200 run 16-CTA clusters */, residual, float32_y, 4);
+                                  16 /* the H100 and H200 run 16-CTA clusters */, residual, wide_y, 4);
   if (c.get("streaming", 0)) {
     l.kernel = FwdKernel::kStreaming;
     l.block = l.threads_per_row = kMaxBlock;
@@ -383,7 +388,7 @@ void run_forward(const std::string& spec, const Case& c, int reps) {
   cpu.residual_out = residual ? ro_cpu.data() : nullptr;
   cpu.rstd = rstd_cpu.data();
   rms_norm_fwd_cpu(cpu);
-  const double tol = c.dtype == DType::kF32 ? 1e-5 : 1e-2;
+  const double tol = c.dtype == DType::kF32 && y_dtype == DType::kF32 ? 1e-5 : 1e-2;
   Diff d = compare(y_gpu.data(), y_cpu.data(), y_dtype, n, tol);
   int64_t bad = d.bad;
   if (residual) bad += compare(ro_gpu.data(), ro_cpu.data(), c.dtype, n, 0).bad;
@@ -419,7 +424,7 @@ void run_backward(const std::string& spec, const Case& c, int reps) {
     f.hidden = c.hidden;
     f.rows_per_weight = c.rows;
     f.eps = 1e-6f;
-    f.x_dtype = c.dtype;
+    f.x_dtype = f.y_dtype = c.dtype;
     rms_norm_fwd_cpu(f);
   }
   std::vector<unsigned char> rstd_bytes(c.rows * 4);

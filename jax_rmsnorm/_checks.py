@@ -66,8 +66,9 @@ def check_eps(eps):
 
 
 def check_out_dtype(out_dtype, x):
-  """y's dtype: None (x's), x's own, or float32 (a wider y from bf16/f16 x). Returns
-  None when y is in x's dtype."""
+  """y's dtype: None (x's), x's own, float32 (a wider y from bf16/f16 x), or from a
+  float32 x bfloat16 or float16 (a narrower y, written by the kernel in one pass).
+  Returns None when y is in x's dtype."""
   if out_dtype is None:
     return None
   try:
@@ -76,9 +77,11 @@ def check_out_dtype(out_dtype, x):
     raise TypeError(f"out_dtype must be a dtype, got {out_dtype!r}") from e
   if dtype == x.dtype:
     return None
-  if dtype != jnp.dtype(jnp.float32):
-    raise ValueError(f"out_dtype must be None, x's dtype ({x.dtype}) or float32, got {dtype}")
-  return dtype
+  if dtype == jnp.dtype(jnp.float32) or (x.dtype == jnp.dtype(jnp.float32) and dtype in SUPPORTED_DTYPES):
+    return dtype
+  raise ValueError(
+      f"out_dtype must be None, x's dtype ({x.dtype}), float32, or (for float32 x) bfloat16 "
+      f"or float16, got {dtype}")
 
 
 def check_round_normalized(round_normalized):

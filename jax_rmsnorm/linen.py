@@ -12,7 +12,9 @@ class RMSNorm(nn.RMSNorm):
   rounding: checkpoints of either load in the other.
 
   The kernels serve the call when flax would compute in float32 over the last axis and
-  write x's dtype or float32: ``reduction_axes`` and ``feature_axes`` the last axis, no
+  write x's dtype, float32, or from float32 x bf16/f16 (``dtype=jnp.bfloat16`` on a
+  float32 residual stream: flax computes in float32 and rounds once, as the kernels do,
+  which write the 16-bit y in one pass): ``reduction_axes`` and ``feature_axes`` the last axis, no
   ``axis_name``, no ``mask``, ``force_float32_reductions=True`` (flax's defaults; with
   ``dtype=None``, bf16 x and a float32 scale give a float32 y, which the kernels write from
   bf16 reads; its gradient runs in float32 jnp). Every other configuration runs flax's own

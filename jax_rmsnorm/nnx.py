@@ -1,5 +1,6 @@
 """`jax_rmsnorm.nnx.RMSNorm`: a drop-in `flax.nnx.RMSNorm` on the kernels."""
 
+import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn import dtypes as _flax_dtypes
 
@@ -14,7 +15,7 @@ class RMSNorm(nnx.RMSNorm):
   to bf16).
 
   The kernels serve the call when that promotion leaves x's dtype unchanged or makes it
-  float32, and flax would reduce over the last axis: ``reduction_axes`` and ``feature_axes`` the last
+  float32 (not when it narrows a float32 x: flax then normalizes the rounded x), and flax would reduce over the last axis: ``reduction_axes`` and ``feature_axes`` the last
   axis, no ``axis_name``, no ``mask``, flax's default ``promote_dtype``. Otherwise flax's
   own computation runs, with flax's result.
 
@@ -34,11 +35,14 @@ class RMSNorm(nnx.RMSNorm):
     scale = self.scale[...] if self.scale else None
     # flax's promotion decides the output dtype (and turns lists into arrays).
     x_promoted, scale = self.promote_dtype((x_in, scale), dtype=self.dtype)
+    # A promotion that narrows x (float32 x, dtype=bf16) rounds it before the statistics,
+    # which the kernels, reading x, would not: flax's computation serves that.
     use_kernels = (
         self.promote_dtype is _flax_dtypes.promote_dtype and hasattr(x_promoted, "dtype")
         and _modules.kernel_serves(x_in, x_promoted.dtype, mask=mask,
                                    added=() if residual is None else (x, residual),
-                                   **_modules.layout(self)))
+                                   **_modules.layout(self))
+        and jnp.dtype(x_promoted.dtype).itemsize >= jnp.dtype(x_in.dtype).itemsize)
     if use_kernels:
       # x promoted to float32 (flax's default for bf16 x and a float32 scale) is exact:
       # the kernels read bf16 and write float32 instead.

@@ -16,8 +16,10 @@ def rms_norm(x, weight=None, *, eps=1e-6, out_dtype=None, round_normalized=False
     weight: ``None`` (no scale) or an array of shape ``(x.shape[-1],)`` of any of
       the three dtypes (a float32 scale on bfloat16 activations is the usual case).
     eps: a Python float >= 0, added to the mean square.
-    out_dtype: ``None`` (x's dtype), x's dtype, or float32: y in float32 from bf16/f16 x
-      (what flax's RMSNorm returns for bf16 x and a float32 scale by default).
+    out_dtype: ``None`` (x's dtype), x's dtype, float32: y in float32 from bf16/f16 x
+      (what flax's RMSNorm returns for bf16 x and a float32 scale by default), or, for
+      float32 x, bfloat16 or float16: a float32 residual stream feeding 16-bit matmuls,
+      with y rounded once and written in one pass (no separate cast).
     round_normalized: the HF/Llama order: round ``x * rsqrt(...)`` to x's dtype before
       multiplying by the weight (else one rounding at the end).
 

@@ -1,4 +1,5 @@
-"""The forward's options: y in float32 from bf16/f16 x (`out_dtype`), and the HF/Llama
+"""The forward's options: y in float32 from bf16/f16 x or in bf16/f16 from float32 x
+(`out_dtype`), and the HF/Llama
 order (`round_normalized`: the normalized x rounded to x's dtype before the weight),
 against a float64 reference, with gradients, bad values, and the FFI target each uses."""
 
@@ -8,9 +9,17 @@ import numpy as np
 import pytest
 
 import jax_rmsnorm
-from conftest import TOLERANCE, assert_close, on_device, random_array
+from conftest import TOLERANCE, assert_close, on_device, poison, random_array
 
-SHAPES = [(3, 257), (2, 4, 4096), (1, 65536), (2, 262144)]
+# Scalar accesses, the decode split, the register kernel with several rows a CTA, long
+# rows (staged on sm_90, or a cluster), the longest staged float32 rows.
+SHAPES = [(3, 257), (2, 4, 4096), (300, 1024), (1, 65536), (2, 262144)]
+
+# (x dtype, out_dtype): every pair out_dtype admits (None and x's own lower alike, as v1).
+OUTPUTS = [(jnp.bfloat16, None), (jnp.bfloat16, jnp.float32), (jnp.float16, None),
+           (jnp.float16, jnp.float32), (jnp.float32, None), (jnp.float32, jnp.float32),
+           (jnp.float32, jnp.bfloat16), (jnp.float32, jnp.float16)]
+OUTPUT_IDS = ["bf16", "bf16-y-f32", "f16", "f16-y-f32", "f32", "f32-y-f32", "f32-y-bf16", "f32-y-f16"]
 
 
 def reference64(x, residual, weight, out_dtype, round_normalized, eps=1e-6):
@@ -24,8 +33,7 @@ def reference64(x, residual, weight, out_dtype, round_normalized, eps=1e-6):
 
 
 @pytest.mark.parametrize("round_normalized", [False, True], ids=["one-rounding", "hf-order"])
-@pytest.mark.parametrize("out_dtype", [None, jnp.float32], ids=["y-like-x", "y-f32"])
-@pytest.mark.parametrize("x_dtype", [jnp.bfloat16, jnp.float16, jnp.float32], ids=["bf16", "f16", "f32"])
+@pytest.mark.parametrize("x_dtype,out_dtype", OUTPUTS, ids=OUTPUT_IDS)
 @pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_forward_options(device, rng, shape, residual, x_dtype, out_dtype, round_normalized):
@@ -34,6 +42,7 @@ def test_forward_options(device, rng, shape, residual, x_dtype, out_dtype, round
   w = random_array(rng, shape[-1:], jnp.float32)
   xd, rd, wd = on_device(device, x, r, w)
   kwargs = dict(out_dtype=out_dtype, round_normalized=round_normalized)
+  poison(device, 3 * x.nbytes)
   if residual:
     y, new_r = jax.jit(lambda x, r, w: jax_rmsnorm.rms_norm_residual(x, r, w, **kwargs))(xd, rd, wd)
     assert new_r.dtype == x_dtype
@@ -44,8 +53,9 @@ def test_forward_options(device, rng, shape, residual, x_dtype, out_dtype, round
   want = reference64(x, r, w, out_dtype, round_normalized)
   if round_normalized:
     # n is rounded to x's dtype on the way: computed in float32 here and in float64 there,
-    # it may land one ulp of x's dtype apart, and y is rounded again: two ulps.
-    rtol, atol = TOLERANCE[np.dtype(x_dtype)]
+    # it may land one ulp of x's dtype apart, and y is rounded again: two ulps (of the
+    # wider of the two roundings).
+    rtol, atol = max(TOLERANCE[np.dtype(x_dtype)], TOLERANCE[np.dtype(want_dtype)])
     np.testing.assert_allclose(np.asarray(y, np.float64), want, rtol=2 * rtol, atol=atol,
                                err_msg=f"seed {rng.seed}")
     assert np.all(np.isfinite(np.asarray(y, np.float32)))
@@ -54,8 +64,8 @@ def test_forward_options(device, rng, shape, residual, x_dtype, out_dtype, round
 
 
 @pytest.mark.parametrize("round_normalized", [False, True], ids=["one-rounding", "hf-order"])
-@pytest.mark.parametrize("out_dtype", [None, jnp.float32], ids=["y-like-x", "y-f32"])
-@pytest.mark.parametrize("x_dtype", [jnp.bfloat16, jnp.float32], ids=["bf16", "f32"])
+@pytest.mark.parametrize("x_dtype,out_dtype", [o for o in OUTPUTS if o[0] != jnp.float16],
+                         ids=[i for o, i in zip(OUTPUTS, OUTPUT_IDS) if o[0] != jnp.float16])
 def test_gradients_with_options(device, rng, x_dtype, out_dtype, round_normalized):
   """Gradients against jax.grad of the jnp reference with the same options (the HF order's
   rounding passes gradients straight through in both)."""
@@ -85,10 +95,15 @@ def test_targets():
   assert "jax_rmsnorm_fwd_v2" in text(out_dtype=jnp.float32)
   assert "jax_rmsnorm_fwd_v2" in text(round_normalized=True)
   assert "jax_rmsnorm_fwd_v1" in text(out_dtype=jnp.bfloat16)  # y in x's dtype anyway
+  narrow = jax.jit(lambda x, w: jax_rmsnorm.rms_norm(x, w, out_dtype=jnp.bfloat16)).lower(
+      jnp.ones((2, 8), jnp.float32), w)
+  assert "jax_rmsnorm_fwd_v2" in narrow.as_text()
+  # One pass: the call writes the bf16 y itself, no convert after it.
+  assert "convert" not in narrow.as_text() and narrow.out_info.dtype == jnp.bfloat16
 
 
 @pytest.mark.parametrize("kwargs,error", [
-    (dict(out_dtype=jnp.float16), ValueError),
+    (dict(out_dtype=jnp.float16), ValueError),  # bf16 x: only its own dtype or float32
     (dict(out_dtype=jnp.int32), ValueError),
     (dict(out_dtype="no such dtype"), TypeError),
     (dict(round_normalized=1), TypeError),

@@ -140,7 +140,7 @@ inline void rms_norm_bwd_cpu(const BwdProblem& p) {
 inline void rms_norm_fwd_cpu(const FwdProblem& p) {
   dispatch_dtypes<CpuTypes>(p.x_dtype, p.weight_dtype, [&](auto x_tag, auto w_tag) {
     using T = typename decltype(x_tag)::type;
-    dispatch_output<T>(p.float32_y, [&](auto y_tag) {
+    dispatch_output<CpuTypes, T>(p.y_dtype, [&](auto y_tag) {
       rms_norm_fwd_rows<T, typename decltype(w_tag)::type, typename decltype(y_tag)::type>(p);
     });
   });

@@ -88,8 +88,8 @@ inline ffi::Error decode_weight(const ffi::AnyBuffer& weight, const ffi::AnyBuff
   return ffi::Error::Success();
 }
 
-// `v2` calls (the `*_fwd_v2` targets) may ask for the HF order and a float32 y; v1 calls
-// (older exports) decode as before.
+// `v2` calls (the `*_fwd_v2` targets) may ask for the HF order and a y of another dtype
+// (float32 from bf16/f16, bf16/f16 from float32); v1 calls (older exports) decode as before.
 inline ffi::Error decode_fwd_call(ffi::RemainingArgs args, ffi::RemainingRets rets, float eps,
                                   bool has_residual, bool has_weight, bool save_rstd,
                                   FwdProblem& p, bool v2 = false, bool round_normalized = false) {
@@ -127,13 +127,16 @@ inline ffi::Error decode_fwd_call(ffi::RemainingArgs args, ffi::RemainingRets re
   }
 
   ffi::Result<ffi::AnyBuffer> y = rets.get<ffi::AnyBuffer>(ret++).value();
-  const bool wide_y = v2 && same_shape(*y, x) && y->element_type() == ffi::DataType::F32;
-  if (!like_x(*y) && !wide_y) {
-    return invalid(v2 ? "y must have the shape of x and x's dtype or float32"
+  const std::optional<DType> y_dtype = to_dtype(y->element_type());
+  // v2: y in x's dtype, in float32, or from a float32 x in bfloat16 or float16.
+  const bool y_ok = same_shape(*y, x) && y_dtype &&
+                    (*y_dtype == p.x_dtype || (v2 && (*y_dtype == DType::kF32 || p.x_dtype == DType::kF32)));
+  if (!y_ok) {
+    return invalid(v2 ? "y must have the shape of x and x's dtype, float32, or (from float32 x) bfloat16 or float16"
                       : "y must have the shape and dtype of x");
   }
   p.y = y->untyped_data();
-  p.float32_y = wide_y && p.x_dtype != DType::kF32;
+  p.y_dtype = *y_dtype;
   p.round_normalized = round_normalized;
   if (has_residual) {
     ffi::Result<ffi::AnyBuffer> residual_out = rets.get<ffi::AnyBuffer>(ret++).value();

@@ -33,12 +33,15 @@ decltype(auto) dispatch_dtypes(DType x_dtype, DType weight_dtype, F&& f) {
   });
 }
 
-// Calls f(TypeTag<O>) for the output type of a row of type T: T itself, or float when
-// `wide` (only T narrower than float has a wider output).
-template <typename T, typename F>
-decltype(auto) dispatch_output(bool wide, F&& f) {
+// Calls f(TypeTag<O>) for y's type O, given the row type T and y's dtype: float from a
+// bf16/f16 row, bf16 or f16 from a float row, else T itself (the pairs calls.h admits).
+template <typename Types, typename T, typename F>
+decltype(auto) dispatch_output(DType y_dtype, F&& f) {
   if constexpr (sizeof(T) < sizeof(float)) {
-    if (wide) return f(TypeTag<float>{});
+    if (y_dtype == DType::kF32) return f(TypeTag<float>{});
+  } else {
+    if (y_dtype == DType::kBF16) return f(TypeTag<typename Types::BF16>{});
+    if (y_dtype == DType::kF16) return f(TypeTag<typename Types::F16>{});
   }
   return f(TypeTag<T>{});
 }

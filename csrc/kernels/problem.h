@@ -24,8 +24,9 @@ struct FwdProblem {
   int64_t hidden = 0;
   int64_t rows_per_weight = 1;  // 0 when there are no rows
   float eps = 0.f;
-  DType x_dtype = DType::kF32;       // also the dtype of residual and residual_out
-  bool float32_y = false;            // y in float32 (x narrower); otherwise in x's dtype
+  DType x_dtype = DType::kF32;  // also the dtype of residual and residual_out
+  // y's dtype, set with x_dtype: x's; float32 from bf16/f16 x; bf16/f16 from float32 x.
+  DType y_dtype = DType::kF32;
   DType weight_dtype = DType::kF32;  // ignored without weight
   // HF/Llama order: y = round(round_x(s * rstd) * weight), the normalized row rounded to
   // x's dtype before the weight; otherwise one rounding at the end.

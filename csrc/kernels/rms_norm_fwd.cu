@@ -496,7 +496,7 @@ std::string rms_norm_fwd_cuda(const FwdProblem& p, cudaStream_t stream, const Fw
   const FwdLaunch l = chosen != nullptr
                           ? *chosen
                           : choose_fwd_launch(p.rows, p.hidden, elem_bytes, vector_ok, max_forward_cluster(),
-                                              p.residual != nullptr, p.float32_y,
+                                              p.residual != nullptr, dtype_bytes(p.y_dtype) > elem_bytes,
                                               p.weight != nullptr ? dtype_bytes(p.weight_dtype) : 0);
   const std::string bad = check_launch(l, p.rows, p.hidden, elem_bytes, vector_ok);
   if (!bad.empty()) return bad;
@@ -505,7 +505,7 @@ std::string rms_norm_fwd_cuda(const FwdProblem& p, cudaStream_t stream, const Fw
   const cudaError_t err = dispatch_dtypes<CudaTypes>(p.x_dtype, p.weight_dtype, [&](auto x_tag, auto w_tag) {
     using T = typename decltype(x_tag)::type;
     using W = typename decltype(w_tag)::type;
-    return dispatch_output<T>(p.float32_y, [&](auto y_tag) {
+    return dispatch_output<CudaTypes, T>(p.y_dtype, [&](auto y_tag) {
       using O = typename decltype(y_tag)::type;
       return l.vec == 1 ? launch_vec<T, W, O, 1>(p, l, stream)
                         : launch_vec<T, W, O, 16 / sizeof(T)>(p, l, stream);
