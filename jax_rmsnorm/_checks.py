@@ -7,6 +7,7 @@ Everything here runs at trace time, before anything is launched, and raises a
 import math
 import numbers
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -22,6 +23,8 @@ def as_array(name, value):
     array = jnp.asarray(value)
   except TypeError as e:
     raise TypeError(f"{name} must be an array of {_DTYPE_NAMES}, got {type(value).__name__}") from e
+  except ValueError as e:  # a ragged nested list
+    raise ValueError(f"{name} must be an array (a nested list of one shape), got: {e}") from e
   if array.dtype not in SUPPORTED_DTYPES:
     raise TypeError(f"{name} must have dtype {_DTYPE_NAMES}, got {array.dtype}")
   return array
@@ -72,7 +75,8 @@ def check_out_dtype(out_dtype, x):
   if out_dtype is None:
     return None
   try:
-    dtype = jnp.dtype(out_dtype)
+    # As JAX reads dtypes: a Python `float` is float32 unless x64 is on.
+    dtype = jax.dtypes.canonicalize_dtype(jnp.dtype(out_dtype))
   except TypeError as e:
     raise TypeError(f"out_dtype must be a dtype, got {out_dtype!r}") from e
   if dtype == x.dtype:

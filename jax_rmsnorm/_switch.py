@@ -12,6 +12,7 @@ import os
 import threading
 
 import jax
+import numpy as np
 
 ENV_VAR = "JAX_RMSNORM_DISABLE"
 _OFF_VALUES = ("", "0", "false", "no", "off")
@@ -43,11 +44,11 @@ def set_kernels_enabled(enabled):
   Returns the previous setting. A change clears JAX's caches.
   """
   global _enabled
-  if not isinstance(enabled, bool):
+  if not isinstance(enabled, (bool, np.bool_)):
     raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
   with _lock:
-    previous, _enabled = _enabled, enabled
-    if previous != enabled:
+    previous, _enabled = _enabled, bool(enabled)
+    if previous != _enabled:
       jax.clear_caches()
   return previous
 
@@ -55,9 +56,9 @@ def set_kernels_enabled(enabled):
 @contextlib.contextmanager
 def kernels_disabled(disabled=True):
   """Within the block the ops trace the reference path (``disabled=False``: the kernels)."""
-  if not isinstance(disabled, bool):
+  if not isinstance(disabled, (bool, np.bool_)):
     raise TypeError(f"disabled must be a bool, got {type(disabled).__name__}")
-  previous = set_kernels_enabled(not disabled)
+  previous = set_kernels_enabled(not bool(disabled))
   try:
     yield
   finally:

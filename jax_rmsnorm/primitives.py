@@ -292,9 +292,12 @@ def _tangent_transpose(cotangents, s, rstd, *operands, has_residual, has_weight,
   ct_y = ad.instantiate_zeros(ct_y)
   has_residual_grad = has_residual and type(ct_new_residual) is not ad.Zero
   want_dweight = has_weight_tangent and ad.is_undefined_primal(dweight)
-  # The backward kernel reads dy in x's dtype: a float32 y's cotangent (bf16/f16 x) would
-  # be rounded there, so it takes the float32 jnp backward instead (as exact as flax's).
-  backward = rms_norm_bwd if ct_y.dtype == s.dtype else backward_jnp
+  # The backward kernel reads dy in x's dtype: a y of another dtype (float32 from bf16/f16
+  # x, bf16/f16 from float32 x) has its cotangent take the float32 jnp backward instead
+  # (as exact as flax's). So do symbolic shapes (a shape-polymorphic export): the kernel's
+  # dweight partials are sized from the row count.
+  kernel_ok = ct_y.dtype == s.dtype and all(isinstance(d, (int, np.integer)) for d in s.shape)
+  backward = rms_norm_bwd if kernel_ok else backward_jnp
   d_s, d_weight = backward(ct_y, s, rstd, weight, ct_new_residual if has_residual_grad else None,
                            want_dweight=want_dweight)
   if d_weight is not None:

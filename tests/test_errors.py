@@ -27,6 +27,7 @@ BAD_CALLS = [
     ("x rank 0", (jnp.float32(1.0), None), {}, ValueError, "x"),
     ("x None", (None, W), {}, TypeError, "x"),
     ("x string", ("abc", W), {}, TypeError, "x"),
+    ("x ragged list", ([[1.0], [1.0, 2.0]], None), {}, ValueError, "x must be an array"),
     ("eps negative", (X, W), {"eps": -1e-6}, ValueError, "eps"),
     ("eps nan", (X, W), {"eps": float("nan")}, ValueError, "eps"),
     ("eps inf", (X, W), {"eps": float("inf")}, ValueError, "eps"),

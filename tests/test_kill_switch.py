@@ -105,6 +105,12 @@ def test_process_wide_flag():
   finally:
     jax_rmsnorm.set_kernels_enabled(True)
   assert "jax_rmsnorm_fwd" in _jaxpr_text(_ours, x, r, w)
+  # numpy's bools are bools (a flag read from a config array), stored as Python's.
+  try:
+    assert jax_rmsnorm.set_kernels_enabled(np.bool_(False)) is True
+    assert jax_rmsnorm.kernels_enabled() is False
+  finally:
+    jax_rmsnorm.set_kernels_enabled(True)
 
 
 def test_bad_arguments_still_raise_on_the_reference_path():

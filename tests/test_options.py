@@ -102,6 +102,11 @@ def test_targets():
   assert "convert" not in narrow.as_text() and narrow.out_info.dtype == jnp.bfloat16
 
 
+def test_out_dtype_reads_dtypes_as_jax_does():
+  """A Python `float` is float32 (x64 off), as everywhere in JAX."""
+  assert jax_rmsnorm.rms_norm(jnp.ones((2, 8), jnp.bfloat16), out_dtype=float).dtype == jnp.float32
+
+
 @pytest.mark.parametrize("kwargs,error", [
     (dict(out_dtype=jnp.float16), ValueError),  # bf16 x: only its own dtype or float32
     (dict(out_dtype=jnp.int32), ValueError),
