@@ -1,4 +1,5 @@
-// The CPU kernels: the same semantics as the CUDA ones, row by row.
+// The CPU kernels: the same semantics as the CUDA ones, row by row, over chunks of rows
+// that a caller may run at once (the FFI handlers pass XLA's thread pool).
 #pragma once
 
 #include <algorithm>
@@ -41,6 +42,27 @@ double sum_over_row(int64_t n, F&& term) {
   return total;
 }
 
+// Runs body(i) for every i in [0, n) in turn. A stand-in for the handlers' thread pool
+// (ffi/cpu_handlers.cc), which runs them in any order and at once.
+struct InTurn {
+  template <typename F>
+  void operator()(int64_t n, F&& body) const {
+    for (int64_t i = 0; i < n; ++i) body(i);
+  }
+};
+
+// Rows per chunk: enough elements to outweigh a task's scheduling, few enough chunks that
+// the backward's per-chunk dweight sums stay small. It depends on the shape alone, so
+// results do not depend on how many threads run the chunks.
+constexpr int64_t kRowChunkElements = int64_t{1} << 16;
+constexpr int64_t kMaxRowChunks = 64;
+constexpr int64_t kRowChunkSumBytes = int64_t{16} << 20;  // the backward's double sums, all chunks
+inline int64_t rows_per_chunk(int64_t rows, int64_t hidden) {
+  const int64_t h = std::max<int64_t>(hidden, 1);
+  const int64_t max_chunks = std::clamp<int64_t>(kRowChunkSumBytes / (8 * h), 1, kMaxRowChunks);
+  return std::max({int64_t{1}, kRowChunkElements / h, (rows + max_chunks - 1) / max_chunks});
+}
+
 // The weight row (or ones) as float, converted once per weight row.
 template <typename W>
 const float* weight_as_float(const W* weight, int64_t hidden, std::vector<float>& buffer) {
@@ -50,7 +72,7 @@ const float* weight_as_float(const W* weight, int64_t hidden, std::vector<float>
 }
 
 template <typename T, typename W, typename O>
-void rms_norm_fwd_rows(const FwdProblem& p) {
+void rms_norm_fwd_rows(const FwdProblem& p, int64_t first_row, int64_t end_row) {
   const T* x = static_cast<const T*>(p.x);
   const T* residual = static_cast<const T*>(p.residual);
   T* residual_out = static_cast<T*>(p.residual_out);
@@ -59,7 +81,7 @@ void rms_norm_fwd_rows(const FwdProblem& p) {
   std::vector<float> w_buffer;
   const float* w = nullptr;
   int64_t w_row = -1;
-  for (int64_t row = 0; row < p.rows; ++row) {
+  for (int64_t row = first_row; row < end_row; ++row) {
     const int64_t offset = row * p.hidden;
     // With a residual, the normalized row is the rounded sum, stored first.
     const T* s = x + offset;
@@ -91,57 +113,79 @@ void rms_norm_fwd_rows(const FwdProblem& p) {
   }
 }
 
+// Rows [first_row, end_row) of weight row `group`: dx, and (with `dweight_sum`, hidden
+// doubles) each row's float dweight terms added in row order.
 template <typename T, typename W>
-void rms_norm_bwd_rows(const BwdProblem& p) {
+void rms_norm_bwd_rows(const BwdProblem& p, int64_t group, int64_t first_row, int64_t end_row,
+                       double* dweight_sum) {
   const T* dy = static_cast<const T*>(p.dy);
   const T* s = static_cast<const T*>(p.s);
   const T* d_new_residual = static_cast<const T*>(p.d_new_residual);
   const W* weight = static_cast<const W*>(p.weight);
   T* dx = static_cast<T*>(p.dx);
   std::vector<float> w_buffer;
-  // dweight rows accumulate each row's float terms into doubles, in row order:
-  // deterministic and accurate.
-  std::vector<double> dweight(p.dweight != nullptr ? p.hidden : 0);
+  const float* w = weight_as_float(weight != nullptr ? weight + group * p.hidden : nullptr, p.hidden, w_buffer);
   std::vector<float> dweight_terms(p.hidden);  // dy * n of one row, kept from the dx pass
-  for (int64_t group = 0; group < p.weight_rows; ++group) {
-    std::fill(dweight.begin(), dweight.end(), 0.0);
-    const float* w = weight_as_float(weight != nullptr ? weight + group * p.hidden : nullptr, p.hidden, w_buffer);
-    // rows_per_weight is 0 without rows: dweight stays zero.
-    for (int64_t row = group * p.rows_per_weight; row < (group + 1) * p.rows_per_weight; ++row) {
-      const T* dy_row = dy + row * p.hidden;
-      const T* s_row = s + row * p.hidden;
-      T* dx_row = dx + row * p.hidden;
-      const float rstd = p.rstd[row];
-      const double dot = sum_over_row(p.hidden, [&](int64_t i) {
-        return to_float(dy_row[i]) * w[i] * (to_float(s_row[i]) * rstd);
-      });
-      const float mean_gn = static_cast<float>(dot / static_cast<double>(p.hidden));
-      for (int64_t i = 0; i < p.hidden; ++i) {
-        const float n = to_float(s_row[i]) * rstd;
-        const float dy_i = to_float(dy_row[i]);
-        const float extra = d_new_residual != nullptr ? to_float(d_new_residual[row * p.hidden + i]) : 0.0f;
-        dx_row[i] = from_float<T>(rstd * (dy_i * w[i] - n * mean_gn) + extra);
-        dweight_terms[i] = dy_i * n;
-      }
-      for (size_t i = 0; i < dweight.size(); ++i) dweight[i] += dweight_terms[i];
+  for (int64_t row = first_row; row < end_row; ++row) {
+    const T* dy_row = dy + row * p.hidden;
+    const T* s_row = s + row * p.hidden;
+    T* dx_row = dx + row * p.hidden;
+    const float rstd = p.rstd[row];
+    const double dot = sum_over_row(p.hidden, [&](int64_t i) {
+      return to_float(dy_row[i]) * w[i] * (to_float(s_row[i]) * rstd);
+    });
+    const float mean_gn = static_cast<float>(dot / static_cast<double>(p.hidden));
+    for (int64_t i = 0; i < p.hidden; ++i) {
+      const float n = to_float(s_row[i]) * rstd;
+      const float dy_i = to_float(dy_row[i]);
+      const float extra = d_new_residual != nullptr ? to_float(d_new_residual[row * p.hidden + i]) : 0.0f;
+      dx_row[i] = from_float<T>(rstd * (dy_i * w[i] - n * mean_gn) + extra);
+      dweight_terms[i] = dy_i * n;
     }
-    for (size_t i = 0; i < dweight.size(); ++i) {
-      static_cast<W*>(p.dweight)[group * p.hidden + int64_t(i)] = from_float<W>(float(dweight[i]));
+    if (dweight_sum != nullptr) {
+      for (int64_t i = 0; i < p.hidden; ++i) dweight_sum[i] += dweight_terms[i];
     }
   }
 }
 
-inline void rms_norm_bwd_cpu(const BwdProblem& p) {
+// dweight is summed in doubles per chunk of rows, then over the chunks in order:
+// deterministic and accurate.
+template <typename RunChunks = InTurn>
+void rms_norm_bwd_cpu(const BwdProblem& p, RunChunks&& run_chunks = {}) {
   dispatch_dtypes<CpuTypes>(p.x_dtype, p.weight_dtype, [&](auto x_tag, auto w_tag) {
-    rms_norm_bwd_rows<typename decltype(x_tag)::type, typename decltype(w_tag)::type>(p);
+    using T = typename decltype(x_tag)::type;
+    using W = typename decltype(w_tag)::type;
+    const int64_t step = rows_per_chunk(p.rows_per_weight, p.hidden);
+    const int64_t chunks = (p.rows_per_weight + step - 1) / step;  // 0 without rows: dweight stays zero
+    const bool want_dweight = p.dweight != nullptr;
+    std::vector<double> sums(want_dweight ? chunks * p.hidden : 0);
+    for (int64_t group = 0; group < p.weight_rows; ++group) {
+      std::fill(sums.begin(), sums.end(), 0.0);
+      const int64_t first = group * p.rows_per_weight;
+      run_chunks(chunks, [&](int64_t c) {
+        rms_norm_bwd_rows<T, W>(p, group, first + c * step, first + std::min(p.rows_per_weight, (c + 1) * step),
+                                want_dweight ? sums.data() + c * p.hidden : nullptr);
+      });
+      if (!want_dweight) continue;
+      for (int64_t i = 0; i < p.hidden; ++i) {
+        double total = 0.0;
+        for (int64_t c = 0; c < chunks; ++c) total += sums[c * p.hidden + i];
+        static_cast<W*>(p.dweight)[group * p.hidden + i] = from_float<W>(float(total));
+      }
+    }
   });
 }
 
-inline void rms_norm_fwd_cpu(const FwdProblem& p) {
+template <typename RunChunks = InTurn>
+void rms_norm_fwd_cpu(const FwdProblem& p, RunChunks&& run_chunks = {}) {
   dispatch_dtypes<CpuTypes>(p.x_dtype, p.weight_dtype, [&](auto x_tag, auto w_tag) {
     using T = typename decltype(x_tag)::type;
     dispatch_output<CpuTypes, T>(p.y_dtype, [&](auto y_tag) {
-      rms_norm_fwd_rows<T, typename decltype(w_tag)::type, typename decltype(y_tag)::type>(p);
+      const int64_t step = rows_per_chunk(p.rows, p.hidden);
+      run_chunks((p.rows + step - 1) / step, [&](int64_t c) {
+        rms_norm_fwd_rows<T, typename decltype(w_tag)::type, typename decltype(y_tag)::type>(
+            p, c * step, std::min(p.rows, (c + 1) * step));
+      });
     });
   });
 }

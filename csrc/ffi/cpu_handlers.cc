@@ -1,39 +1,83 @@
 // XLA FFI handlers for the CPU platform.
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+
 #include "cpu/rms_norm_cpu.h"
 #include "ffi/calls.h"
 #include "ffi/handlers.h"
 
 namespace jax_rmsnorm {
 
-static ffi::Error RunFwdCpu(float eps, bool has_residual, bool has_weight, bool save_rstd, bool v2,
-                            bool round_normalized, ffi::RemainingArgs args, ffi::RemainingRets rets) {
+// Runs the kernels' chunks on XLA's intra-op thread pool and the calling thread. The caller
+// claims chunks until none are left, then waits only for chunks already running: it never
+// waits on a task the pool has not started, so a busy pool cannot deadlock it. A task
+// that starts after that finds nothing to claim (what it shares lives on the heap).
+class OnThreadPool {
+ public:
+  explicit OnThreadPool(ffi::ThreadPool pool) : pool_(pool) {}
+
+  template <typename F>
+  void operator()(int64_t chunks, F&& body) {
+    const int64_t helpers = std::min<int64_t>(pool_.num_threads(), chunks) - 1;
+    if (helpers < 1) return InTurn{}(chunks, body);
+    struct Progress {
+      std::atomic<int64_t> next{0};
+      int64_t done = 0;
+      std::mutex mutex;
+      std::condition_variable all_done;
+    };
+    auto progress = std::make_shared<Progress>();
+    auto work = [progress, chunks, &body] {
+      for (int64_t c; (c = progress->next.fetch_add(1)) < chunks;) {
+        body(c);
+        std::lock_guard<std::mutex> lock(progress->mutex);
+        if (++progress->done == chunks) progress->all_done.notify_all();
+      }
+    };
+    for (int64_t t = 0; t < helpers; ++t) pool_.Schedule([work] { work(); });
+    work();
+    std::unique_lock<std::mutex> lock(progress->mutex);
+    progress->all_done.wait(lock, [&] { return progress->done == chunks; });
+  }
+
+ private:
+  ffi::ThreadPool pool_;
+};
+
+static ffi::Error RunFwdCpu(ffi::ThreadPool pool, float eps, bool has_residual, bool has_weight,
+                            bool save_rstd, bool v2, bool round_normalized, ffi::RemainingArgs args,
+                            ffi::RemainingRets rets) {
   FwdProblem p;
   ffi::Error error = decode_fwd_call(args, rets, eps, has_residual, has_weight, save_rstd, p, v2,
                                      round_normalized);
   if (error.failure()) return error;
-  rms_norm_fwd_cpu(p);
+  rms_norm_fwd_cpu(p, OnThreadPool(pool));
   return ffi::Error::Success();
 }
 
-static ffi::Error RmsNormFwdCpu(float eps, bool has_residual, bool has_weight, bool save_rstd,
-                                ffi::RemainingArgs args, ffi::RemainingRets rets) {
-  return RunFwdCpu(eps, has_residual, has_weight, save_rstd, false, false, args, rets);
+static ffi::Error RmsNormFwdCpu(ffi::ThreadPool pool, float eps, bool has_residual, bool has_weight,
+                                bool save_rstd, ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  return RunFwdCpu(pool, eps, has_residual, has_weight, save_rstd, false, false, args, rets);
 }
 
-static ffi::Error RmsNormFwdCpuV2(float eps, bool has_residual, bool has_weight, bool save_rstd,
-                                  bool round_normalized, ffi::RemainingArgs args,
+static ffi::Error RmsNormFwdCpuV2(ffi::ThreadPool pool, float eps, bool has_residual, bool has_weight,
+                                  bool save_rstd, bool round_normalized, ffi::RemainingArgs args,
                                   ffi::RemainingRets rets) {
-  return RunFwdCpu(eps, has_residual, has_weight, save_rstd, true, round_normalized, args, rets);
+  return RunFwdCpu(pool, eps, has_residual, has_weight, save_rstd, true, round_normalized, args, rets);
 }
 
-static ffi::Error RmsNormBwdCpu(bool has_weight, bool has_residual_grad, bool want_dweight,
-                                int64_t ctas_per_weight_row, ffi::RemainingArgs args,
+static ffi::Error RmsNormBwdCpu(ffi::ThreadPool pool, bool has_weight, bool has_residual_grad,
+                                bool want_dweight, int64_t ctas_per_weight_row, ffi::RemainingArgs args,
                                 ffi::RemainingRets rets) {
   BwdProblem p;
   ffi::Error error = decode_bwd_call(args, rets, has_weight, has_residual_grad, want_dweight,
                                      ctas_per_weight_row, p);
   if (error.failure()) return error;
-  rms_norm_bwd_cpu(p);
+  rms_norm_bwd_cpu(p, OnThreadPool(pool));
   return ffi::Error::Success();
 }
 
@@ -41,6 +85,7 @@ static ffi::Error RmsNormBwdCpu(bool has_weight, bool has_residual_grad, bool wa
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_rmsnorm_fwd_cpu, jax_rmsnorm::RmsNormFwdCpu,
                               xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()  // XLA's intra-op threads
                                   .Attr<float>("eps")
                                   .Attr<bool>("has_residual")
                                   .Attr<bool>("has_weight")
@@ -50,6 +95,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_rmsnorm_fwd_cpu, jax_rmsnorm::RmsNormFwdCpu,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_rmsnorm_fwd_v2_cpu, jax_rmsnorm::RmsNormFwdCpuV2,
                               xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()  // XLA's intra-op threads
                                   .Attr<float>("eps")
                                   .Attr<bool>("has_residual")
                                   .Attr<bool>("has_weight")
@@ -60,6 +106,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_rmsnorm_fwd_v2_cpu, jax_rmsnorm::RmsNormFwdCpu
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_rmsnorm_bwd_cpu, jax_rmsnorm::RmsNormBwdCpu,
                               xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()  // XLA's intra-op threads
                                   .Attr<bool>("has_weight")
                                   .Attr<bool>("has_residual_grad")
                                   .Attr<bool>("want_dweight")
