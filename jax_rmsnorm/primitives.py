@@ -130,6 +130,11 @@ def _batch(rows_like, row_dims, weight_like, weight_dims, size, batch_weight=Fal
   return rows_like, weight_like, axis
 
 
+def _concrete(shape):
+  """No symbolic dims (those of a shape-polymorphic export)."""
+  return all(isinstance(d, (int, np.integer)) for d in shape)
+
+
 def _batch_size(operands, dims):
   return next(a.shape[d] for a, d in zip(operands, dims) if d is not None)
 
@@ -296,7 +301,7 @@ def _tangent_transpose(cotangents, s, rstd, *operands, has_residual, has_weight,
   # x, bf16/f16 from float32 x) has its cotangent take the float32 jnp backward instead
   # (as exact as flax's). So do symbolic shapes (a shape-polymorphic export): the kernel's
   # dweight partials are sized from the row count.
-  kernel_ok = ct_y.dtype == s.dtype and all(isinstance(d, (int, np.integer)) for d in s.shape)
+  kernel_ok = ct_y.dtype == s.dtype and _concrete(s.shape)
   backward = rms_norm_bwd if kernel_ok else backward_jnp
   d_s, d_weight = backward(ct_y, s, rstd, weight, ct_new_residual if has_residual_grad else None,
                            want_dweight=want_dweight)
@@ -399,6 +404,13 @@ def _bwd_batch(operands, dims, *, has_weight, has_residual_grad, want_dweight):
   (dy, s, rstd, d_new), (weight,), axis = _batch(
       [dy, s, rstd, d_new], [dy_d, s_d, rstd_d, d_new_d], [weight], [weight_d],
       _batch_size(operands, dims), batch_weight=want_dweight)
+  if not _concrete(s.shape):
+    # A symbolic batch (vmap in a shape-polymorphic export): the jnp backward, as
+    # _tangent_transpose takes for symbolic shapes. The partials are scratch nobody reads.
+    dx, dweight = backward_jnp(dy, s, rstd, weight, d_new, want_dweight=want_dweight)
+    if not want_dweight:
+      return [dx], [axis]
+    return [dx, dweight.astype(weight.dtype), jnp.zeros((), jnp.float32)], [axis, 0, None]
   outs = rms_norm_bwd_p.bind(*_present(dy, s, rstd, weight, d_new), has_weight=has_weight,
                              has_residual_grad=has_residual_grad, want_dweight=want_dweight)
   return outs, [axis] + [0] * (len(outs) - 1)

@@ -35,20 +35,30 @@ def test_export_round_trip(device, rng):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
-def test_shape_polymorphic_gradient_export(device, rng):
-  """A symbolic row count: the forward stays the kernel, the gradient takes the jnp
-  backward (the kernel's dweight partials are sized from the row count)."""
+@pytest.mark.parametrize("form", ["grad", "vmap-of-grad"])
+def test_shape_polymorphic_gradient_export(device, rng, form):
+  """A symbolic row (or batch) count: the forward stays the kernel, the gradient takes the
+  jnp backward (the kernel's dweight partials are sized from the row count), also when
+  vmap adds the symbolic batch to a backward bound for concrete per-example shapes."""
   w = random_array(rng, (64,), jnp.float32)
-  fn = jax.grad(lambda x, w: jnp.sum(jnp.sin(jax_rmsnorm.rms_norm(x, w))), argnums=(0, 1))
+
+  def gradient(norm):
+    loss = lambda x, w: jnp.sum(jnp.sin(norm(x, w)))
+    if form == "grad":
+      return jax.grad(loss, argnums=(0, 1))
+    return jax.vmap(jax.grad(loss, argnums=(0, 1)), in_axes=(0, None))
+
+  per_example = (3, 64) if form == "vmap-of-grad" else (64,)
   platform = "cuda" if device.platform == "gpu" else device.platform
   exported = export.export(
-      jax.jit(fn), platforms=[platform],
+      jax.jit(gradient(jax_rmsnorm.rms_norm)), platforms=[platform],
       disabled_checks=[export.DisabledSafetyCheck.custom_call(t) for t in jax_rmsnorm.FFI_TARGETS])(
-          jax.ShapeDtypeStruct(export.symbolic_shape("b, 64"), jnp.float32), jax.ShapeDtypeStruct((64,), jnp.float32))
+          jax.ShapeDtypeStruct(export.symbolic_shape("b") + per_example, jnp.float32),
+          jax.ShapeDtypeStruct((64,), jnp.float32))
   assert "jax_rmsnorm_fwd_v1" in exported.mlir_module()
   loaded = export.deserialize(exported.serialize())
-  for rows in (1, 7):
-    x = random_array(rng, (rows, 64), jnp.float32)
-    want = jax.grad(lambda x, w: jnp.sum(jnp.sin(jax_rmsnorm.reference.rms_norm(x, w))), argnums=(0, 1))(x, w)
+  for batch in (1, 7):
+    x = random_array(rng, (batch,) + per_example, jnp.float32)
+    want = gradient(jax_rmsnorm.reference.rms_norm)(x, w)
     for got, wnt in zip(loaded.call(*on_device(device, x, w)), want):
       np.testing.assert_allclose(np.asarray(got), np.asarray(wnt), rtol=1e-5, atol=1e-5, err_msg=f"seed {rng.seed}")
