@@ -13,6 +13,18 @@
 
 namespace jax_rmsnorm {
 
+// The row loops compiled three times, for AVX-512 (x86-64-v4), AVX2 with FMA (x86-64-v3)
+// and the baseline, the best one picked when the library loads (GCC's function
+// multiversioning; glibc's ifunc). XLA compiles its own CPU code for the host, and the
+// baseline's 4-wide SSE2 ran 2-3x slower than AVX-512 here (benchmarks/NOTES.md, entry 36).
+// nvcc (kernel_sweep's reference) and other compilers take the baseline.
+#if defined(__GNUC__) && __GNUC__ >= 11 && !defined(__clang__) && defined(__x86_64__) && \
+    defined(__GLIBC__) && !defined(__CUDACC__)
+#define JAX_RMSNORM_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define JAX_RMSNORM_CPU_CLONES
+#endif
+
 struct CpuTypes {
   using BF16 = BFloat16;
   using F16 = Float16;
@@ -72,7 +84,7 @@ const float* weight_as_float(const W* weight, int64_t hidden, std::vector<float>
 }
 
 template <typename T, typename W, typename O>
-void rms_norm_fwd_rows(const FwdProblem& p, int64_t first_row, int64_t end_row) {
+JAX_RMSNORM_CPU_CLONES void rms_norm_fwd_rows(const FwdProblem& p, int64_t first_row, int64_t end_row) {
   const T* x = static_cast<const T*>(p.x);
   const T* residual = static_cast<const T*>(p.residual);
   T* residual_out = static_cast<T*>(p.residual_out);
@@ -116,7 +128,7 @@ void rms_norm_fwd_rows(const FwdProblem& p, int64_t first_row, int64_t end_row) 
 // Rows [first_row, end_row) of weight row `group`: dx, and (with `dweight_sum`, hidden
 // doubles) each row's float dweight terms added in row order.
 template <typename T, typename W>
-void rms_norm_bwd_rows(const BwdProblem& p, int64_t group, int64_t first_row, int64_t end_row,
+JAX_RMSNORM_CPU_CLONES void rms_norm_bwd_rows(const BwdProblem& p, int64_t group, int64_t first_row, int64_t end_row,
                        double* dweight_sum) {
   const T* dy = static_cast<const T*>(p.dy);
   const T* s = static_cast<const T*>(p.s);
