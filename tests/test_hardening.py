@@ -1,6 +1,7 @@
 """Hostile shapes and values: huge rows, huge row counts, float16 extremes, threads,
 and property-based checks against the float64 reference."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -94,6 +95,39 @@ def test_forward_is_deterministic(device, rng):
   for _ in range(3):
     for a, b in zip(first, fn(*args)):
       np.testing.assert_array_equal(a, np.asarray(b))
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs os.sched_setaffinity (Linux)")
+def test_cpu_results_do_not_depend_on_the_thread_count(tmp_path):
+  """The CPU handlers split rows into chunks sized from the shape alone (the backward's
+  dweight summed per chunk, then over chunks in order), so every core, one core (XLA sizes
+  its intra-op pool by the affinity mask) and repeated runs give the same bits."""
+  program = textwrap.dedent("""
+      import os, sys
+      if sys.argv[2] == "one":
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+      import jax, jax.numpy as jnp, numpy as np
+      import jax_rmsnorm
+      rng = np.random.default_rng(7)
+      x, r, dy = (jnp.asarray(rng.standard_normal((4096, 512)), jnp.bfloat16) for _ in range(3))
+      w = jnp.asarray(rng.standard_normal(512), jnp.float32)
+      run = jax.jit(lambda x, r, w, dy: (lambda y, vjp: list(y) + list(vjp((dy, jnp.zeros_like(dy)))))(
+          *jax.vjp(jax_rmsnorm.rms_norm_residual, x, r, w)))
+      outs = [np.asarray(a).astype(np.float32) for a in run(x, r, w, dy)]
+      for again, first in zip(run(x, r, w, dy), outs):  # chunks land on other threads
+        np.testing.assert_array_equal(np.asarray(again).astype(np.float32), first)
+      np.savez(sys.argv[1], *outs)
+  """)
+  results = []
+  for cores in ("all", "one"):
+    out = tmp_path / f"{cores}.npz"
+    done = subprocess.run([sys.executable, "-P", "-c", program, str(out), cores], capture_output=True, text=True,
+                          timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert done.returncode == 0, done.stderr[-4000:]
+    results.append(np.load(out))
+  assert len(results[0].files) == 5  # y, new_residual, dx, dresidual, dweight
+  for key in results[0].files:
+    np.testing.assert_array_equal(results[0][key], results[1][key], err_msg=key)
 
 
 def test_threads_share_one_jitted_function(device, rng):
