@@ -68,6 +68,14 @@ def check_eps(eps):
   return eps
 
 
+def kernels_write(x_dtype, out_dtype):
+  """Whether the kernels write y in `out_dtype` from x of `x_dtype`: x's own dtype,
+  float32 from bf16/f16, bf16/f16 from float32 (the pairs csrc/ffi/calls.h admits)."""
+  x_dtype, out_dtype = jnp.dtype(x_dtype), jnp.dtype(out_dtype)
+  return (x_dtype in SUPPORTED_DTYPES and out_dtype in SUPPORTED_DTYPES
+          and (out_dtype == x_dtype or jnp.dtype(jnp.float32) in (x_dtype, out_dtype)))
+
+
 def check_out_dtype(out_dtype, x):
   """y's dtype: None (x's), x's own, float32 (a wider y from bf16/f16 x), or from a
   float32 x bfloat16 or float16 (a narrower y, written by the kernel in one pass).
@@ -81,7 +89,7 @@ def check_out_dtype(out_dtype, x):
     raise TypeError(f"out_dtype must be a dtype, got {out_dtype!r}") from e
   if dtype == x.dtype:
     return None
-  if dtype == jnp.dtype(jnp.float32) or (x.dtype == jnp.dtype(jnp.float32) and dtype in SUPPORTED_DTYPES):
+  if kernels_write(x.dtype, dtype):
     return dtype
   raise ValueError(
       f"out_dtype must be None, x's dtype ({x.dtype}), float32, or (for float32 x) bfloat16 "

@@ -3,9 +3,7 @@ options flax's RMSNorm lacks (a scale offset, the fused residual)."""
 
 import jax.numpy as jnp
 
-from jax_rmsnorm import ops, reference
-
-KERNEL_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+from jax_rmsnorm import _checks, ops, reference
 
 
 def last_axis_only(axes, ndim):
@@ -21,25 +19,17 @@ def layout(module):
               force_float32_reductions=getattr(module, "force_float32_reductions", True))
 
 
-def kernel_writes(x_dtype, out_dtype):
-  """Whether the kernels write y in `out_dtype` from x of `x_dtype`: x's own dtype,
-  float32 from bf16/f16, bf16/f16 from float32 (the pairs `out_dtype` admits)."""
-  x_dtype, out_dtype = jnp.dtype(x_dtype), jnp.dtype(out_dtype)
-  return (x_dtype in KERNEL_DTYPES and out_dtype in KERNEL_DTYPES
-          and (out_dtype == x_dtype or jnp.dtype(jnp.float32) in (x_dtype, out_dtype)))
-
-
 def kernel_serves(x, out_dtype, *, reduction_axes, feature_axes, axis_name, mask,
                   force_float32_reductions=True, added=()):
   """True when the kernels compute exactly what flax's RMSNorm would: statistics and
   scale over the last axis only, in float32, no cross-device statistics, no mask, and an
-  output the kernels write (`kernel_writes`). `x` is the normalized array;
+  output the kernels write (`_checks.kernels_write`). `x` is the normalized array;
   with a residual, `added` are the two arrays summed into it, which the fused kernel
   wants alike (no broadcasting)."""
   dtype = getattr(x, "dtype", None)
   if any(getattr(a, "dtype", None) != dtype or getattr(a, "shape", None) != x.shape for a in added):
     return False
-  return (dtype is not None and getattr(x, "ndim", 0) >= 1 and kernel_writes(dtype, out_dtype)
+  return (dtype is not None and getattr(x, "ndim", 0) >= 1 and _checks.kernels_write(dtype, out_dtype)
           and last_axis_only(reduction_axes, x.ndim) and last_axis_only(feature_axes, x.ndim)
           and axis_name is None and mask is None and force_float32_reductions)
 
