@@ -300,11 +300,19 @@ def test_flax_training_follows_reference(device):
   np.testing.assert_allclose(ours, ref, rtol=2e-2, atol=1e-4)
 
 
-def _loss64(x, residual, weight, eps=1e-6):
-  """sum(sin(y)) (+ sum(cos(new_residual))) in float64 jnp: the second derivatives' truth."""
+def _norm64(s, weight, eps=1e-6):
+  """The op in jnp, for float64 inputs under enable_x64: the second derivatives' truth."""
+  return s * jax.lax.rsqrt(jnp.mean(s * s, axis=-1, keepdims=True) + eps) * weight
+
+
+def _as64(*arrays):
+  return [jnp.asarray(a.astype(np.float64)) for a in arrays]
+
+
+def _loss64(x, residual, weight):
+  """sum(sin(y)) (+ sum(cos(new_residual))) in float64."""
   s = x if residual is None else x + residual
-  y = s * jax.lax.rsqrt(jnp.mean(s * s, axis=-1, keepdims=True) + eps) * weight
-  return jnp.sum(jnp.sin(y)) + (0.0 if residual is None else jnp.sum(jnp.cos(s)))
+  return jnp.sum(jnp.sin(_norm64(s, weight))) + (0.0 if residual is None else jnp.sum(jnp.cos(s)))
 
 
 def _loss(x, residual, weight):
@@ -312,6 +320,19 @@ def _loss(x, residual, weight):
     return jnp.sum(jnp.sin(jax_rmsnorm.rms_norm(x, weight).astype(jnp.float32)))
   y, s = jax_rmsnorm.rms_norm_residual(x, residual, weight)
   return jnp.sum(jnp.sin(y.astype(jnp.float32))) + jnp.sum(jnp.cos(s.astype(jnp.float32)))
+
+
+def _assert_blocks_close(got, want, blocks, seed):
+  """Every block of a Hessian (a tree of float32 arrays) against float64, to 2e-4 relative
+  and 2e-5 of the largest entry."""
+  got, want = jax.tree.leaves(got), jax.tree.leaves(want)
+  assert len(got) == len(want) == blocks
+  scale = max(float(np.max(np.abs(np.asarray(a)))) for a in want)
+  for i, (g, wnt) in enumerate(zip(got, want)):
+    g, wnt = np.asarray(g), np.asarray(wnt)
+    assert g.shape == wnt.shape and g.dtype == np.float32, (i, g.shape, g.dtype)
+    assert np.isfinite(g).all(), f"block {i}: non-finite entries"
+    np.testing.assert_allclose(g, wnt, rtol=2e-4, atol=2e-5 * scale, err_msg=f"block {i} (seed {seed})")
 
 
 SECOND_ORDER = {
@@ -335,15 +356,8 @@ def test_second_derivatives(device, rng, order, residual):
   fn64 = (lambda x, r, w: _loss64(x, r, w)) if residual else (lambda x, w: _loss64(x, None, w))
   got = jax.jit(SECOND_ORDER[order](fn, len(args)))(*on_device(device, *args))
   with jax.enable_x64(True):
-    want = SECOND_ORDER[order](fn64, len(args))(*[jnp.asarray(a.astype(np.float64)) for a in args])
-  got, want = jax.tree.leaves(got), jax.tree.leaves(want)
-  assert len(got) == len(want) == len(args) ** 2
-  scale = max(float(np.max(np.abs(np.asarray(a)))) for a in want)
-  for i, (g, wnt) in enumerate(zip(got, want)):
-    g, wnt = np.asarray(g), np.asarray(wnt)
-    assert g.shape == wnt.shape and g.dtype == np.float32, (i, g.shape, g.dtype)
-    assert np.isfinite(g).all(), f"block {i}: non-finite entries"
-    np.testing.assert_allclose(g, wnt, rtol=2e-4, atol=2e-5 * scale, err_msg=f"block {i} (seed {rng.seed})")
+    want = SECOND_ORDER[order](fn64, len(args))(*_as64(*args))
+  _assert_blocks_close(got, want, len(args) ** 2, rng.seed)
 
 
 def test_gradient_penalty_runs_the_backward_kernel(device, rng):
@@ -363,8 +377,7 @@ def test_gradient_penalty_runs_the_backward_kernel(device, rng):
   assert "jax_rmsnorm_bwd" in jaxpr and "jax_rmsnorm_fwd" in jaxpr
   got = jax.jit(penalized(jax_rmsnorm.rms_norm))(*on_device(device, x, w))
   with jax.enable_x64(True):
-    ref = lambda x, w: x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-6) * w
-    want = penalized(ref)(*[jnp.asarray(a.astype(np.float64)) for a in (x, w)])
+    want = penalized(_norm64)(*_as64(x, w))
   for g, wnt in zip(got, want):
     np.testing.assert_allclose(np.asarray(g), np.asarray(wnt), rtol=1e-4,
                                atol=1e-5 * float(np.max(np.abs(wnt))), err_msg=f"seed {rng.seed}")
@@ -378,18 +391,15 @@ def test_hessian_vector_product_half_precision(device, rng, x_dtype):
   v = random_array(rng, x.shape, x_dtype)
   w = random_array(rng, (64,), jnp.float32, scale=0.5, mean=1.0)
 
-  def hvp(norm):
-    grad = jax.grad(lambda x: jnp.sum(jnp.sin(norm(x, w).astype(jnp.float32))))
+  def hvp(norm):  # norm(x): y of the op, summed in float32 or wider
+    grad = jax.grad(lambda x: jnp.sum(jnp.sin(norm(x))))
     return jax.vmap(lambda x, v: jax.jvp(grad, (x,), (v,))[1])
 
-  got = np.asarray(jax.jit(hvp(jax_rmsnorm.rms_norm))(*on_device(device, x, v)))
+  got = np.asarray(jax.jit(hvp(lambda x: jax_rmsnorm.rms_norm(x, w).astype(jnp.float32)))(*on_device(device, x, v)))
   assert got.dtype == np.dtype(x_dtype)
   with jax.enable_x64(True):
-    ref = lambda x, w: x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-6) * w
-    w64 = jnp.asarray(w.astype(np.float64))
-    want = np.asarray(jax.vmap(lambda x, v: jax.jvp(
-        jax.grad(lambda x: jnp.sum(jnp.sin(ref(x, w64)))), (x,), (v,))[1])(
-            *[jnp.asarray(a.astype(np.float64)) for a in (x, v)]))
+    (w64,) = _as64(w)
+    want = np.asarray(hvp(lambda x: _norm64(x, w64))(*_as64(x, v)))
   # The output's rounding to x's dtype, and float32 sums of terms as large as the result.
   assert_close(got, want, x_dtype, "hvp", rng.seed, atol=2e-2 * float(np.max(np.abs(want))))
 
@@ -402,10 +412,5 @@ def test_vmapped_hessian_per_batch_weights(device, rng):
   hessian = lambda loss: jax.vmap(jax.hessian(loss, argnums=(0, 1, 2)))
   got = jax.jit(hessian(_loss))(*on_device(device, x, r, w))
   with jax.enable_x64(True):
-    want = hessian(_loss64)(*[jnp.asarray(a.astype(np.float64)) for a in (x, r, w)])
-  got, want = jax.tree.leaves(got), jax.tree.leaves(want)
-  assert len(got) == 9
-  scale = max(float(np.max(np.abs(np.asarray(a)))) for a in want)
-  for i, (g, wnt) in enumerate(zip(got, want)):
-    np.testing.assert_allclose(np.asarray(g), np.asarray(wnt), rtol=2e-4, atol=2e-5 * scale,
-                               err_msg=f"block {i} (seed {rng.seed})")
+    want = hessian(_loss64)(*_as64(x, r, w))
+  _assert_blocks_close(got, want, 9, rng.seed)
