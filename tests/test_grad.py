@@ -199,6 +199,12 @@ def test_decode_rows_with_weight_groups(device, rng, hidden, x_dtype, w_dtype, r
   check_weight_groups(device, rng, 2, rows, hidden, x_dtype, w_dtype)
 
 
+def test_weight_groups_in_waves(device, rng):
+  """12 weight rows of 4 x 65536: the CPU backward runs 8 groups at once (their chunks'
+  double sums fill its 16 MB), then the other 4; on the GPU the long-row kernels."""
+  check_weight_groups(device, rng, 12, 4, 65536, jnp.bfloat16, jnp.float32)
+
+
 @pytest.mark.parametrize("rows,hidden", [(2048, 4096), (2500, 3072), (2048, 2048)])
 @pytest.mark.parametrize("x_dtype,w_dtype", [(jnp.bfloat16, jnp.float32), (jnp.float32, jnp.float32),
                                              (jnp.float16, jnp.bfloat16)], ids=["bf16", "f32", "f16-bf16"])

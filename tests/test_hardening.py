@@ -116,6 +116,11 @@ def test_cpu_results_do_not_depend_on_the_thread_count(tmp_path):
       outs = [np.asarray(a).astype(np.float32) for a in run(x, r, w, dy)]
       for again, first in zip(run(x, r, w, dy), outs):  # chunks land on other threads
         np.testing.assert_array_equal(np.asarray(again).astype(np.float32), first)
+      # Per-example weights: the backward's weight rows run at once, 8 a wave.
+      xg, dyg = (jnp.asarray(rng.standard_normal((12, 4, 65536)), jnp.bfloat16) for _ in range(2))
+      wg = jnp.asarray(rng.standard_normal((12, 65536)), jnp.float32)
+      grads = jax.jit(jax.vmap(lambda x, w, dy: jax.vjp(jax_rmsnorm.rms_norm, x, w)[1](dy)))
+      outs += [np.asarray(a).astype(np.float32) for a in grads(xg, wg, dyg)]
       np.savez(sys.argv[1], *outs)
   """)
   results = []
@@ -125,9 +130,44 @@ def test_cpu_results_do_not_depend_on_the_thread_count(tmp_path):
                           timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert done.returncode == 0, done.stderr[-4000:]
     results.append(np.load(out))
-  assert len(results[0].files) == 5  # y, new_residual, dx, dresidual, dweight
+  assert len(results[0].files) == 7  # y, new_residual, dx, dresidual, dweight; the groups' dx, dweight
   for key in results[0].files:
     np.testing.assert_array_equal(results[0][key], results[1][key], err_msg=key)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs RLIMIT_AS and /proc (Linux)")
+def test_cpu_out_of_host_memory_is_an_error():
+  """Under an address-space limit a little above what the process holds, some calls fail
+  allocating in XLA and some in our handler (its dweight sums, 16 MB here, or a chunk's
+  row buffers on a pool thread): each one is an exception, never an abort, and the limits
+  that leave room for XLA's buffers but not ours give our handler's error."""
+  program = textwrap.dedent("""
+      import resource
+      import jax, jax.numpy as jnp, numpy as np
+      import jax_rmsnorm
+      x = jnp.ones((256, 65536), jnp.bfloat16)
+      w = jnp.ones(65536, jnp.float32)
+      grads = jax.jit(lambda x, w, dy: jax.vjp(jax_rmsnorm.rms_norm, x, w)[1](dy))
+      jax.block_until_ready(grads(x, w, x))
+      held = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmSize"))
+      ours = 0
+      for extra_mb in range(24, 100):
+        resource.setrlimit(resource.RLIMIT_AS, (held + (extra_mb << 20), resource.RLIM_INFINITY))
+        try:
+          dx, dw = grads(x, w, x)
+          jax.block_until_ready(dx)
+        except Exception as e:
+          assert "RESOURCE_EXHAUSTED" in str(e), e
+          ours += "jax_rmsnorm: out of host memory" in str(e)
+        finally:
+          resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+      assert ours > 0, "no limit failed inside jax_rmsnorm's handler"
+      dx, dw = grads(x, w, x)  # and the process still computes
+      assert np.isfinite(np.asarray(dw)).all()
+  """)
+  done = subprocess.run([sys.executable, "-P", "-c", program], capture_output=True, text=True, timeout=600,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert done.returncode == 0, f"exit {done.returncode}\n{done.stderr[-4000:]}"
 
 
 def test_threads_share_one_jitted_function(device, rng):

@@ -5,15 +5,24 @@
 #include <cstdint>
 #include <cstring>
 
+// Helpers of the CPU row loops are always inlined: a call out of a multiversioned loop
+// (rms_norm_cpu.h) runs the baseline code, and GCC's inlining choice alone was found to
+// change with unrelated code in the same file (benchmarks/NOTES.md, entry 37).
+#if defined(__GNUC__)
+#define JAX_RMSNORM_ALWAYS_INLINE __attribute__((always_inline))
+#else
+#define JAX_RMSNORM_ALWAYS_INLINE
+#endif
+
 namespace jax_rmsnorm {
 
-inline uint32_t float_bits(float f) {
+JAX_RMSNORM_ALWAYS_INLINE inline uint32_t float_bits(float f) {
   uint32_t u;
   std::memcpy(&u, &f, sizeof(u));
   return u;
 }
 
-inline float bits_float(uint32_t u) {
+JAX_RMSNORM_ALWAYS_INLINE inline float bits_float(uint32_t u) {
   float f;
   std::memcpy(&f, &u, sizeof(f));
   return f;
@@ -27,10 +36,10 @@ struct Float16 {
   uint16_t bits;
 };
 
-inline float to_float(float v) { return v; }
-inline float to_float(BFloat16 v) { return bits_float(uint32_t(v.bits) << 16); }
+JAX_RMSNORM_ALWAYS_INLINE inline float to_float(float v) { return v; }
+JAX_RMSNORM_ALWAYS_INLINE inline float to_float(BFloat16 v) { return bits_float(uint32_t(v.bits) << 16); }
 
-inline float to_float(Float16 v) {
+JAX_RMSNORM_ALWAYS_INLINE inline float to_float(Float16 v) {
   const uint32_t sign = uint32_t(v.bits & 0x8000u) << 16;
   const uint32_t exponent = (v.bits >> 10) & 0x1fu;
   const uint32_t mantissa = v.bits & 0x3ffu;
@@ -45,10 +54,10 @@ template <typename T>
 T from_float(float v);
 
 template <>
-inline float from_float<float>(float v) { return v; }
+JAX_RMSNORM_ALWAYS_INLINE inline float from_float<float>(float v) { return v; }
 
 template <>
-inline BFloat16 from_float<BFloat16>(float v) {
+JAX_RMSNORM_ALWAYS_INLINE inline BFloat16 from_float<BFloat16>(float v) {
   // Branch-free (a select), so that loops over rows vectorize.
   const uint32_t u = float_bits(v);
   const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
@@ -57,7 +66,7 @@ inline BFloat16 from_float<BFloat16>(float v) {
 }
 
 template <>
-inline Float16 from_float<Float16>(float v) {
+JAX_RMSNORM_ALWAYS_INLINE inline Float16 from_float<Float16>(float v) {
   const uint32_t u = float_bits(v);
   const uint16_t sign = uint16_t((u >> 16) & 0x8000u);
   const uint32_t abs = u & 0x7fffffffu;

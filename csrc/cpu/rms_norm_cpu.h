@@ -37,7 +37,7 @@ constexpr int64_t kLanes = 16;
 constexpr int64_t kBlock = 512;
 
 template <typename F>
-double sum_over_row(int64_t n, F&& term) {
+JAX_RMSNORM_ALWAYS_INLINE inline double sum_over_row(int64_t n, F&& term) {
   double total = 0.0;
   for (int64_t start = 0; start < n; start += kBlock) {
     const int64_t end = std::min(n, start + kBlock);
@@ -103,7 +103,7 @@ JAX_RMSNORM_CPU_CLONES void rms_norm_fwd_rows(const FwdProblem& p, int64_t first
       }
       s = residual_out + offset;
     }
-    const double sum_sq = sum_over_row(p.hidden, [&](int64_t i) {
+    const double sum_sq = sum_over_row(p.hidden, [&](int64_t i) JAX_RMSNORM_ALWAYS_INLINE {
       const float f = to_float(s[i]);
       return f * f;
     });
@@ -143,7 +143,7 @@ JAX_RMSNORM_CPU_CLONES void rms_norm_bwd_rows(const BwdProblem& p, int64_t group
     const T* s_row = s + row * p.hidden;
     T* dx_row = dx + row * p.hidden;
     const float rstd = p.rstd[row];
-    const double dot = sum_over_row(p.hidden, [&](int64_t i) {
+    const double dot = sum_over_row(p.hidden, [&](int64_t i) JAX_RMSNORM_ALWAYS_INLINE {
       return to_float(dy_row[i]) * w[i] * (to_float(s_row[i]) * rstd);
     });
     const float mean_gn = static_cast<float>(dot / static_cast<double>(p.hidden));
@@ -161,7 +161,8 @@ JAX_RMSNORM_CPU_CLONES void rms_norm_bwd_rows(const BwdProblem& p, int64_t group
 }
 
 // dweight is summed in doubles per chunk of rows, then over the chunks in order:
-// deterministic and accurate.
+// deterministic and accurate. Weight rows (a vmap over per-example weights) run at once,
+// as many as keep the chunks' sums within kRowChunkSumBytes, each chunked as if alone.
 template <typename RunChunks = InTurn>
 void rms_norm_bwd_cpu(const BwdProblem& p, RunChunks&& run_chunks = {}) {
   dispatch_dtypes<CpuTypes>(p.x_dtype, p.weight_dtype, [&](auto x_tag, auto w_tag) {
@@ -170,20 +171,30 @@ void rms_norm_bwd_cpu(const BwdProblem& p, RunChunks&& run_chunks = {}) {
     const int64_t step = rows_per_chunk(p.rows_per_weight, p.hidden);
     const int64_t chunks = (p.rows_per_weight + step - 1) / step;  // 0 without rows: dweight stays zero
     const bool want_dweight = p.dweight != nullptr;
-    std::vector<double> sums(want_dweight ? chunks * p.hidden : 0);
-    for (int64_t group = 0; group < p.weight_rows; ++group) {
+    const int64_t group_sum_bytes = std::max<int64_t>(1, 8 * chunks * p.hidden);
+    const int64_t groups_at_once = std::max<int64_t>(
+        1, want_dweight ? std::min(kRowChunkSumBytes / group_sum_bytes, p.weight_rows) : p.weight_rows);
+    std::vector<double> sums(want_dweight ? groups_at_once * chunks * p.hidden : 0);
+    for (int64_t first_group = 0; first_group < p.weight_rows; first_group += groups_at_once) {
+      const int64_t groups = std::min(groups_at_once, p.weight_rows - first_group);
       std::fill(sums.begin(), sums.end(), 0.0);
-      const int64_t first = group * p.rows_per_weight;
-      run_chunks(chunks, [&](int64_t c) {
-        rms_norm_bwd_rows<T, W>(p, group, first + c * step, first + std::min(p.rows_per_weight, (c + 1) * step),
-                                want_dweight ? sums.data() + c * p.hidden : nullptr);
+      run_chunks(groups * chunks, [&](int64_t task) {
+        const int64_t g = task / chunks, c = task % chunks;
+        const int64_t first = (first_group + g) * p.rows_per_weight;
+        rms_norm_bwd_rows<T, W>(p, first_group + g, first + c * step,
+                                first + std::min(p.rows_per_weight, (c + 1) * step),
+                                want_dweight ? sums.data() + task * p.hidden : nullptr);
       });
       if (!want_dweight) continue;
-      for (int64_t i = 0; i < p.hidden; ++i) {
-        double total = 0.0;
-        for (int64_t c = 0; c < chunks; ++c) total += sums[c * p.hidden + i];
-        static_cast<W*>(p.dweight)[group * p.hidden + i] = from_float<W>(float(total));
-      }
+      run_chunks(groups, [&](int64_t g) {
+        const double* group_sums = sums.data() + g * chunks * p.hidden;
+        W* dweight = static_cast<W*>(p.dweight) + (first_group + g) * p.hidden;
+        for (int64_t i = 0; i < p.hidden; ++i) {
+          double total = 0.0;
+          for (int64_t c = 0; c < chunks; ++c) total += group_sums[c * p.hidden + i];
+          dweight[i] = from_float<W>(float(total));
+        }
+      });
     }
   });
 }

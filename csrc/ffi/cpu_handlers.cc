@@ -3,8 +3,11 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <memory>
 #include <mutex>
+#include <new>
+#include <string>
 
 #include "cpu/rms_norm_cpu.h"
 #include "ffi/calls.h"
@@ -16,6 +19,8 @@ namespace jax_rmsnorm {
 // claims chunks until none are left, then waits only for chunks already running: it never
 // waits on a task the pool has not started, so a busy pool cannot deadlock it. A task
 // that starts after that finds nothing to claim (what it shares lives on the heap).
+// A chunk that throws (std::bad_alloc from its buffers) stops the claiming; the first
+// exception is rethrown on the calling thread once no chunk runs, never in a pool thread.
 class OnThreadPool {
  public:
   explicit OnThreadPool(ffi::ThreadPool pool) : pool_(pool) {}
@@ -26,27 +31,57 @@ class OnThreadPool {
     if (helpers < 1) return InTurn{}(chunks, body);
     struct Progress {
       std::atomic<int64_t> next{0};
-      int64_t done = 0;
+      int64_t done = 0;  // chunks claimed and finished, or given up after a failure
+      std::exception_ptr failure;
       std::mutex mutex;
       std::condition_variable all_done;
     };
     auto progress = std::make_shared<Progress>();
     auto work = [progress, chunks, &body] {
       for (int64_t c; (c = progress->next.fetch_add(1)) < chunks;) {
-        body(c);
+        std::exception_ptr failure;
+        try {
+          body(c);
+        } catch (...) {
+          failure = std::current_exception();
+        }
         std::lock_guard<std::mutex> lock(progress->mutex);
-        if (++progress->done == chunks) progress->all_done.notify_all();
+        int64_t finished = 1;
+        if (failure) {
+          if (!progress->failure) progress->failure = failure;
+          // Chunks nobody has claimed yet are given up: claim them all at once.
+          const int64_t unclaimed = chunks - std::min(chunks, progress->next.exchange(chunks));
+          finished += unclaimed;
+        }
+        progress->done += finished;
+        if (progress->done == chunks) progress->all_done.notify_all();
       }
     };
     for (int64_t t = 0; t < helpers; ++t) pool_.Schedule([work] { work(); });
     work();
     std::unique_lock<std::mutex> lock(progress->mutex);
     progress->all_done.wait(lock, [&] { return progress->done == chunks; });
+    if (progress->failure) std::rethrow_exception(progress->failure);
   }
 
  private:
   ffi::ThreadPool pool_;
 };
+
+// Runs a kernel, turning an exception from it (its buffers' allocations) into an error
+// for XLA, so that running out of host memory fails the call instead of the process.
+template <typename F>
+static ffi::Error run_or_error(const char* what, F&& kernel) {
+  try {
+    kernel();
+  } catch (const std::bad_alloc&) {
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                      std::string("jax_rmsnorm: out of host memory in the CPU ") + what);
+  } catch (const std::exception& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("jax_rmsnorm: the CPU ") + what + " failed: " + e.what());
+  }
+  return ffi::Error::Success();
+}
 
 static ffi::Error RunFwdCpu(ffi::ThreadPool pool, float eps, bool has_residual, bool has_weight,
                             bool save_rstd, bool v2, bool round_normalized, ffi::RemainingArgs args,
@@ -55,8 +90,7 @@ static ffi::Error RunFwdCpu(ffi::ThreadPool pool, float eps, bool has_residual, 
   ffi::Error error = decode_fwd_call(args, rets, eps, has_residual, has_weight, save_rstd, p, v2,
                                      round_normalized);
   if (error.failure()) return error;
-  rms_norm_fwd_cpu(p, OnThreadPool(pool));
-  return ffi::Error::Success();
+  return run_or_error("forward", [&] { rms_norm_fwd_cpu(p, OnThreadPool(pool)); });
 }
 
 static ffi::Error RmsNormFwdCpu(ffi::ThreadPool pool, float eps, bool has_residual, bool has_weight,
@@ -77,8 +111,7 @@ static ffi::Error RmsNormBwdCpu(ffi::ThreadPool pool, bool has_weight, bool has_
   ffi::Error error = decode_bwd_call(args, rets, has_weight, has_residual_grad, want_dweight,
                                      ctas_per_weight_row, p);
   if (error.failure()) return error;
-  rms_norm_bwd_cpu(p, OnThreadPool(pool));
-  return ffi::Error::Success();
+  return run_or_error("backward", [&] { rms_norm_bwd_cpu(p, OnThreadPool(pool)); });
 }
 
 }  // namespace jax_rmsnorm
