@@ -17,7 +17,7 @@
 // rows, the clusters at most), registers=1 (the chooser without the staged kernel; ctas
 // stays the chooser's count, 528 where it takes the staged kernel's 128-thread CTAs: give
 // ctas=264 for the register kernel's own), few=0 (the chooser without the few-rows kernel;
-// its cluster and tpr set the rest of its shape); both offset=K (row buffers start K
+// its cluster and tpr set the rest of its shape), hf=1 (the HF order's dweight); both offset=K (row buffers start K
 // elements past an aligned address). `copy` measures device-to-device copy bandwidth (1
 // GiB), `copy:MiB` a copy of that size against it. Times are per call: CUDA-event medians
 // over batches of 20 back-to-back launches (the gaps between kernels included; decode-sized
@@ -478,6 +478,7 @@ void run_backward(const std::string& spec, const Case& c, int reps) {
     p.ctas_per_weight_row = ctas;
     p.x_dtype = c.dtype;
     p.weight_dtype = DType::kF32;
+    p.round_normalized = c.get("hf", 0) != 0;  // dweight sums dy * round_x(n)
   }
   char config[128];
   std::snprintf(config, sizeof config, "%s vec=%d tpr=%d chunks=%d block=%d cluster=%d stages=%d tiles=%d ctas=%ld",

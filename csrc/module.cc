@@ -22,6 +22,7 @@ NB_MODULE(_jax_rmsnorm, m) {
     targets["jax_rmsnorm_fwd_v1"] = capsule(jax_rmsnorm_fwd_cpu);
     targets["jax_rmsnorm_fwd_v2"] = capsule(jax_rmsnorm_fwd_v2_cpu);
     targets["jax_rmsnorm_bwd_v1"] = capsule(jax_rmsnorm_bwd_cpu);
+    targets["jax_rmsnorm_bwd_v2"] = capsule(jax_rmsnorm_bwd_v2_cpu);
     return targets;
   });
   // The backward's dweight partial buffer is sized from the same launch heuristic the
@@ -34,6 +35,7 @@ NB_MODULE(_jax_rmsnorm, m) {
     targets["jax_rmsnorm_fwd_v1"] = capsule(jax_rmsnorm_fwd_cuda);
     targets["jax_rmsnorm_fwd_v2"] = capsule(jax_rmsnorm_fwd_v2_cuda);
     targets["jax_rmsnorm_bwd_v1"] = capsule(jax_rmsnorm_bwd_cuda);
+    targets["jax_rmsnorm_bwd_v2"] = capsule(jax_rmsnorm_bwd_v2_cuda);
 #endif
     return targets;
   });

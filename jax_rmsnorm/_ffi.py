@@ -23,6 +23,8 @@ FWD_TARGET = "jax_rmsnorm_fwd_v1"
 #: The forward with v2's options (a float32 y, the HF order: attribute round_normalized).
 FWD_TARGET_V2 = "jax_rmsnorm_fwd_v2"
 BWD_TARGET = "jax_rmsnorm_bwd_v1"
+#: The backward with v2's option (attribute round_normalized: the HF order's dweight).
+BWD_TARGET_V2 = "jax_rmsnorm_bwd_v2"
 
 #: How many CTAs (float32 dweight partial rows) the backward uses per weight row;
 #: shared with the kernels' launch heuristic (csrc/kernels/launch_config.h).
@@ -32,7 +34,7 @@ _CPU_TARGETS = _jax_rmsnorm.cpu_targets()
 _CUDA_TARGETS = _jax_rmsnorm.cuda_targets()
 
 #: True when the extension was built with the CUDA handlers.
-HAS_CUDA = all(t in _CUDA_TARGETS for t in (FWD_TARGET, FWD_TARGET_V2, BWD_TARGET))
+HAS_CUDA = all(t in _CUDA_TARGETS for t in (FWD_TARGET, FWD_TARGET_V2, BWD_TARGET, BWD_TARGET_V2))
 
 
 
@@ -42,7 +44,7 @@ def manual_target(target):
 
 
 #: Every FFI target name our lowerings emit (what `jax.export` callers allow).
-TARGETS = tuple(name for target in (FWD_TARGET, FWD_TARGET_V2, BWD_TARGET)
+TARGETS = tuple(name for target in (FWD_TARGET, FWD_TARGET_V2, BWD_TARGET, BWD_TARGET_V2)
                 for name in (target, manual_target(target)))
 
 for _platform, _targets in (("cpu", _CPU_TARGETS), ("CUDA", _CUDA_TARGETS)):
@@ -53,4 +55,4 @@ for _platform, _targets in (("cpu", _CPU_TARGETS), ("CUDA", _CUDA_TARGETS)):
 # XLA asks our partitioners how to split each call across devices (see _partition); the
 # process that deserializes a jax.export artifact gets them by importing jax_rmsnorm, as
 # it must anyway for the handlers.
-_partition.register((FWD_TARGET, FWD_TARGET_V2), BWD_TARGET)
+_partition.register((FWD_TARGET, FWD_TARGET_V2), (BWD_TARGET, BWD_TARGET_V2))

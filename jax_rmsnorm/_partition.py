@@ -340,6 +340,7 @@ def _bwd_partition(platform, arg_shapes, arg_shardings, result_shape, result_sha
   call = _Call(arg_shapes, arg_shardings, result_shape, bwd_roles, backend, x_index=1, whole=whole)
   p = call.params
   want_dweight = p["want_dweight"]
+  round_normalized = p.get("round_normalized", False)  # v2 calls only
   hidden_groups = call.grid.groups([call.rank - 1])
   # dweight sums over the rows that share one weight row: x's dims past the weight's lead.
   row_groups = call.grid.groups(list(range(call.weight_lead, call.rank - 1)))
@@ -353,11 +354,13 @@ def _bwd_partition(platform, arg_shapes, arg_shardings, result_shape, result_sha
       w = weight.astype(jnp.float32) if want_dweight else weight
       outs = rms_norm_bwd_p.bind(dy, s, rstd, *[a for a in (w, d_new) if a is not None],
                                  has_weight=p["has_weight"],
-                                 has_residual_grad=p["has_residual_grad"], want_dweight=want_dweight)
+                                 has_residual_grad=p["has_residual_grad"], want_dweight=want_dweight,
+                                 round_normalized=round_normalized)
       dx, dweight = outs[0], (outs[1] if want_dweight else None)
     else:  # the row dot summed across the hidden shards; dweight float32 until its sum
       dx, dweight = backward_jnp(
-          dy, s, rstd, weight, d_new, want_dweight=want_dweight, hidden=call.hidden,
+          dy, s, rstd, weight, d_new, want_dweight=want_dweight, round_normalized=round_normalized,
+          hidden=call.hidden,
           hidden_sum=lambda a: _group_sum(jnp.sum(a, axis=-1, keepdims=True), hidden_groups))
     if not want_dweight:
       return [dx]
@@ -399,10 +402,11 @@ def _never_raising(partition):
   return safe
 
 
-def register(fwd_targets, bwd_target):
+def register(fwd_targets, bwd_targets):
   """Registers the partitioners with XLA's CPU client (here) and every PJRT plugin (CUDA)."""
-  calls = [(t, _fwd_partition, fwd_roles, 0) for t in fwd_targets]
-  for target, partition, roles, x_index in calls + [(bwd_target, _bwd_partition, bwd_roles, 1)]:
+  calls = ([(t, _fwd_partition, fwd_roles, 0) for t in fwd_targets]
+           + [(t, _bwd_partition, bwd_roles, 1) for t in bwd_targets])
+  for target, partition, roles, x_index in calls:
     kwargs = dict(prop_user_sharding=_propagate,
                   infer_sharding_from_operands=functools.partial(_infer, roles, x_index),
                   can_side_effecting_have_replicated_sharding=True)

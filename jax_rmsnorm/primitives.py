@@ -10,7 +10,7 @@ given ``s`` (x or new_residual), ``rstd`` and ``weight``. Evaluating it (forward
 ``vjp``) binds ``rms_norm_bwd_p``.
 
 ``rms_norm_bwd_p``: ``dy, s, rstd, [weight], [d_new_residual] -> dx, [dweight, partials]``.
-Lowers to the FFI call ``BWD_TARGET``; ``partials`` is the float32 scratch in which the
+Lowers to the FFI call ``BWD_TARGET`` (``BWD_TARGET_V2`` for the HF order's dweight); ``partials`` is the float32 scratch in which the
 kernel reduces ``dweight`` deterministically (XLA allocates it, so the handler never does).
 
 Second derivatives (``jax.hessian``, grad of grad, forward over forward) differentiate the
@@ -31,7 +31,7 @@ import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from jax_rmsnorm import _ffi, _partition
+from jax_rmsnorm import _ffi, _partition, reference
 
 rms_norm_fwd_p = Primitive("jax_rmsnorm_fwd")
 rms_norm_fwd_p.multiple_results = True
@@ -232,7 +232,7 @@ def _fwd_jvp(primals, tangents, *, eps, has_residual, has_weight, save_rstd, out
       *([ad.instantiate_zeros(dresidual)] if has_residual else []),
       *([dweight] if has_weight_tangent else []),
       has_residual=has_residual, has_weight=has_weight, has_weight_tangent=has_weight_tangent,
-      y_dtype=out_dtype)
+      y_dtype=out_dtype, round_normalized=_rounds_n(round_normalized and has_weight_tangent, s.dtype))
   primal_out = [y] + ([new_residual] if has_residual else []) + ([rstd] if save_rstd else [])
   tangent_out = list(tangent_outs)
   if save_rstd:  # only reached when differentiating a differentiated forward
@@ -245,14 +245,23 @@ def _fwd_jvp(primals, tangents, *, eps, has_residual, has_weight, save_rstd, out
 # ---------------------------------------------------------------------------- tangent
 
 
-def _tangent_abstract_eval(s, *operands, has_residual, has_weight, has_weight_tangent, y_dtype):
-  del operands, has_weight, has_weight_tangent
+def _rounds_n(round_normalized, dtype):
+  """Whether the HF order's rounding of n to `dtype` changes dweight: not for float32 rows
+  (canonical, so that their gradients keep the v1 backward)."""
+  return bool(round_normalized) and jnp.dtype(dtype).itemsize < 4
+
+
+def _tangent_abstract_eval(s, *operands, has_residual, has_weight, has_weight_tangent, y_dtype,
+                           round_normalized):
+  del operands, has_weight, has_weight_tangent, round_normalized
   return [_derived(s, s.shape, y_dtype or s.dtype)] + [_derived(s, s.shape, s.dtype)] * has_residual
 
 
-def _tangent_jnp(s, rstd, *operands, has_residual, has_weight, has_weight_tangent, y_dtype):
-  """dy = rstd * w * (ds - n * mean(n * ds)) + n * dweight with n = s * rstd, in float32
-  (the HF order's rounding of n passes tangents straight through)."""
+def _tangent_jnp(s, rstd, *operands, has_residual, has_weight, has_weight_tangent, y_dtype,
+                 round_normalized):
+  """dy = rstd * w * (ds - n * mean(n * ds)) + n_w * dweight with n = s * rstd, in float32;
+  n_w is n, or in the HF order n rounded to s's dtype (y = round(n) * w there; the rounding
+  passes the tangents of s straight through)."""
   weight, dx, dresidual, dweight = _take(operands, has_weight, True, has_residual, has_weight_tangent)
   ds = dx.astype(jnp.float32)
   if has_residual:
@@ -263,7 +272,8 @@ def _tangent_jnp(s, rstd, *operands, has_residual, has_weight, has_weight_tangen
   if has_weight:
     dy = dy * _expand_weight(weight, s).astype(jnp.float32)
   if has_weight_tangent:
-    dy = dy + n * _expand_weight(dweight, s).astype(jnp.float32)
+    n_w = reference.rounded(n, s.dtype) if round_normalized else n
+    dy = dy + n_w * _expand_weight(dweight, s).astype(jnp.float32)
   outs = [dy.astype(y_dtype or s.dtype)]
   if has_residual:
     outs.append(ds.astype(s.dtype))
@@ -275,7 +285,8 @@ def _expand_weight(weight, s):
   return weight.reshape(weight.shape[:-1] + (1,) * (s.ndim - weight.ndim) + weight.shape[-1:])
 
 
-def _tangent_batch(operands, dims, *, has_residual, has_weight, has_weight_tangent, y_dtype):
+def _tangent_batch(operands, dims, *, has_residual, has_weight, has_weight_tangent, y_dtype,
+                   round_normalized):
   s, rstd, weight, dx, dresidual, dweight = _take(
       operands, True, True, has_weight, True, has_residual, has_weight_tangent)
   s_d, rstd_d, weight_d, dx_d, dresidual_d, dweight_d = _take(
@@ -285,12 +296,13 @@ def _tangent_batch(operands, dims, *, has_residual, has_weight, has_weight_tange
       [weight_d, dweight_d], _batch_size(operands, dims))
   outs = rms_norm_tangent_p.bind(
       *_present(s, rstd, weight, dx, dresidual, dweight), has_residual=has_residual,
-      has_weight=has_weight, has_weight_tangent=has_weight_tangent, y_dtype=y_dtype)
+      has_weight=has_weight, has_weight_tangent=has_weight_tangent, y_dtype=y_dtype,
+      round_normalized=round_normalized)
   return outs, [axis] * len(outs)
 
 
 def _tangent_transpose(cotangents, s, rstd, *operands, has_residual, has_weight, has_weight_tangent,
-                       y_dtype):
+                       y_dtype, round_normalized):
   del y_dtype
   weight, dx, dresidual, dweight = _take(operands, has_weight, True, has_residual, has_weight_tangent)
   ct_y, ct_new_residual = _take(cotangents, True, has_residual)
@@ -304,7 +316,7 @@ def _tangent_transpose(cotangents, s, rstd, *operands, has_residual, has_weight,
   kernel_ok = ct_y.dtype == s.dtype and _concrete(s.shape)
   backward = rms_norm_bwd if kernel_ok else backward_jnp
   d_s, d_weight = backward(ct_y, s, rstd, weight, ct_new_residual if has_residual_grad else None,
-                           want_dweight=want_dweight)
+                           want_dweight=want_dweight, round_normalized=round_normalized)
   if d_weight is not None:
     d_weight = d_weight.astype(weight.dtype)  # backward_jnp's is float32
   # ds flows unchanged to both x and residual (new_residual = x + residual).
@@ -329,11 +341,14 @@ def _tangent_jvp(primals, tangents, **params):
 # ---------------------------------------------------------------------------- backward
 
 
-def rms_norm_bwd(dy, s, rstd, weight=None, d_new_residual=None, *, want_dweight):
-  """Binds the backward. Returns ``(dx, dweight or None)``."""
+def rms_norm_bwd(dy, s, rstd, weight=None, d_new_residual=None, *, want_dweight,
+                 round_normalized=False):
+  """Binds the backward. Returns ``(dx, dweight or None)``; `round_normalized`: dweight of
+  the HF order's forward (dy times n rounded to s's dtype)."""
   outs = rms_norm_bwd_p.bind(
       dy, s, rstd, *_present(weight, d_new_residual), has_weight=weight is not None,
-      has_residual_grad=d_new_residual is not None, want_dweight=bool(want_dweight))
+      has_residual_grad=d_new_residual is not None, want_dweight=bool(want_dweight),
+      round_normalized=_rounds_n(round_normalized and want_dweight, s.dtype))
   return outs[0], (outs[1] if want_dweight else None)
 
 
@@ -342,7 +357,7 @@ def _sum_over_hidden(a):
 
 
 def backward_jnp(dy, s, rstd, weight=None, d_new_residual=None, *, want_dweight,
-                 hidden_sum=_sum_over_hidden, hidden=None):
+                 round_normalized=False, hidden_sum=_sum_over_hidden, hidden=None):
   """rms_norm_bwd's results in float32 jnp, dy in any float dtype: (dx in s's dtype,
   dweight in float32 or None). A hidden-sharded partition passes `hidden_sum` (a row's sum
   across the hidden shards) and `hidden` (the whole row's length)."""
@@ -355,19 +370,21 @@ def backward_jnp(dy, s, rstd, weight=None, d_new_residual=None, *, want_dweight,
     ds = ds + d_new_residual.astype(jnp.float32)
   d_weight = None
   if want_dweight:  # summed over the rows a [*lead, hidden] weight is shared by
-    d_weight = jnp.sum(g * n, axis=tuple(range(weight.ndim - 1, s.ndim - 1)))
+    n_w = reference.rounded(n, s.dtype) if round_normalized else n
+    d_weight = jnp.sum(g * n_w, axis=tuple(range(weight.ndim - 1, s.ndim - 1)))
   return ds.astype(s.dtype), d_weight
 
 
-def _bwd_jvp(primals, tangents, *, has_weight, has_residual_grad, want_dweight):
+def _bwd_jvp(primals, tangents, *, has_weight, has_residual_grad, want_dweight, round_normalized):
   """The backward's own derivative (second derivatives only): the kernel's values, the
   tangents of backward_jnp's. The dweight partials are scratch, with a zero tangent."""
-  outs = rms_norm_bwd_p.bind(*primals, has_weight=has_weight,
-                             has_residual_grad=has_residual_grad, want_dweight=want_dweight)
+  outs = rms_norm_bwd_p.bind(*primals, has_weight=has_weight, has_residual_grad=has_residual_grad,
+                             want_dweight=want_dweight, round_normalized=round_normalized)
 
   def twin(dy, s, rstd, *rest):
     weight, d_new = _take(rest, has_weight, has_residual_grad)
-    dx, dweight = backward_jnp(dy, s, rstd, weight, d_new, want_dweight=want_dweight)
+    dx, dweight = backward_jnp(dy, s, rstd, weight, d_new, want_dweight=want_dweight,
+                               round_normalized=round_normalized)
     return (dx,) if dweight is None else (dx, dweight.astype(weight.dtype))
 
   _, tangent_outs = _jvp_through(twin, primals, tangents)
@@ -377,8 +394,9 @@ def _bwd_jvp(primals, tangents, *, has_weight, has_residual_grad, want_dweight):
   return outs, tangent_outs
 
 
-def _bwd_abstract_eval(dy, s, rstd, *operands, has_weight, has_residual_grad, want_dweight):
-  del dy, rstd, has_residual_grad
+def _bwd_abstract_eval(dy, s, rstd, *operands, has_weight, has_residual_grad, want_dweight,
+                       round_normalized):
+  del dy, rstd, has_residual_grad, round_normalized
   outs = [_derived(s, s.shape, s.dtype)]
   if want_dweight:
     weight = operands[0] if has_weight else None
@@ -388,16 +406,24 @@ def _bwd_abstract_eval(dy, s, rstd, *operands, has_weight, has_residual_grad, wa
   return outs
 
 
+def _bwd_target(params):
+  """v1 unless the call needs the HF order's dweight (v1 keeps lowering as before)."""
+  return _ffi.BWD_TARGET_V2 if params["round_normalized"] else _ffi.BWD_TARGET
+
+
 def _bwd_attributes(avals_in, params):
   s = avals_in[1]
   weight_shape = avals_in[3].shape if params["has_weight"] else s.shape[-1:]
   ctas = _dweight_partials_shape(s.shape, weight_shape, s.dtype)[-2]
-  return dict(has_weight=bool(params["has_weight"]),
-              has_residual_grad=bool(params["has_residual_grad"]),
-              want_dweight=bool(params["want_dweight"]), ctas_per_weight_row=np.int64(ctas))
+  attributes = dict(has_weight=bool(params["has_weight"]),
+                    has_residual_grad=bool(params["has_residual_grad"]),
+                    want_dweight=bool(params["want_dweight"]), ctas_per_weight_row=np.int64(ctas))
+  if _bwd_target(params) == _ffi.BWD_TARGET_V2:
+    attributes["round_normalized"] = True
+  return attributes
 
 
-def _bwd_batch(operands, dims, *, has_weight, has_residual_grad, want_dweight):
+def _bwd_batch(operands, dims, *, has_weight, has_residual_grad, want_dweight, round_normalized):
   dy, s, rstd, weight, d_new = _take(operands, True, True, True, has_weight, has_residual_grad)
   dy_d, s_d, rstd_d, weight_d, d_new_d = _take(dims, True, True, True, has_weight, has_residual_grad)
   # Each batch element needs its own dweight, so a wanted dweight batches the weight.
@@ -407,12 +433,14 @@ def _bwd_batch(operands, dims, *, has_weight, has_residual_grad, want_dweight):
   if not _concrete(s.shape):
     # A symbolic batch (vmap in a shape-polymorphic export): the jnp backward, as
     # _tangent_transpose takes for symbolic shapes. The partials are scratch nobody reads.
-    dx, dweight = backward_jnp(dy, s, rstd, weight, d_new, want_dweight=want_dweight)
+    dx, dweight = backward_jnp(dy, s, rstd, weight, d_new, want_dweight=want_dweight,
+                               round_normalized=round_normalized)
     if not want_dweight:
       return [dx], [axis]
     return [dx, dweight.astype(weight.dtype), jnp.zeros((), jnp.float32)], [axis, 0, None]
   outs = rms_norm_bwd_p.bind(*_present(dy, s, rstd, weight, d_new), has_weight=has_weight,
-                             has_residual_grad=has_residual_grad, want_dweight=want_dweight)
+                             has_residual_grad=has_residual_grad, want_dweight=want_dweight,
+                             round_normalized=round_normalized)
   return outs, [axis] + [0] * (len(outs) - 1)
 
 
@@ -433,7 +461,6 @@ ad.primitive_jvps[rms_norm_tangent_p] = _tangent_jvp
 
 _def_impl(rms_norm_bwd_p)
 rms_norm_bwd_p.def_abstract_eval(_bwd_abstract_eval)
-_register_lowerings(rms_norm_bwd_p, lambda params: _ffi.BWD_TARGET, _bwd_attributes,
-                    _partition.bwd_roles)
+_register_lowerings(rms_norm_bwd_p, _bwd_target, _bwd_attributes, _partition.bwd_roles)
 batching.primitive_batchers[rms_norm_bwd_p] = _bwd_batch
 ad.primitive_jvps[rms_norm_bwd_p] = _bwd_jvp

@@ -140,7 +140,13 @@ def test_cpu_out_of_host_memory_is_an_error():
   """Under an address-space limit a little above what the process holds, some calls fail
   allocating in XLA and some in our handler (its dweight sums, 16 MB here, or a chunk's
   row buffers on a pool thread): each one is an exception, never an abort, and the limits
-  that leave room for XLA's buffers but not ours give our handler's error."""
+  just under the smallest that lets the call through (our handler allocates last, with
+  XLA's buffers held) give our handler's error. glibc's tunables make every large block a
+  mapping of its own, unmapped when freed, and keep one arena, so what a call maps is the
+  same each time (with the defaults the threshold moved by 30 MB between runs and a sweep
+  could miss our allocations); the threshold itself is found by bisection, since it
+  depends on the jaxlib. (An allocation inside the multiversioned row loops used to
+  abort: see rms_norm_cpu.h.)"""
   program = textwrap.dedent("""
       import resource
       import jax, jax.numpy as jnp, numpy as np
@@ -149,24 +155,39 @@ def test_cpu_out_of_host_memory_is_an_error():
       w = jnp.ones(65536, jnp.float32)
       grads = jax.jit(lambda x, w, dy: jax.vjp(jax_rmsnorm.rms_norm, x, w)[1](dy))
       jax.block_until_ready(grads(x, w, x))
-      held = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmSize"))
-      ours = 0
-      for extra_mb in range(24, 100):
-        resource.setrlimit(resource.RLIMIT_AS, (held + (extra_mb << 20), resource.RLIM_INFINITY))
+      unlimited = (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+
+      def attempt(extra):  # "ok", "ours" or "xla", with `extra` bytes above what is held now
+        held = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmSize"))
+        resource.setrlimit(resource.RLIMIT_AS, (held + extra, resource.RLIM_INFINITY))
         try:
-          dx, dw = grads(x, w, x)
-          jax.block_until_ready(dx)
+          jax.block_until_ready(grads(x, w, x))
+          return "ok"
         except Exception as e:
           assert "RESOURCE_EXHAUSTED" in str(e), e
-          ours += "jax_rmsnorm: out of host memory" in str(e)
+          return "ours" if "jax_rmsnorm: out of host memory" in str(e) else "xla"
         finally:
-          resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-      assert ours > 0, "no limit failed inside jax_rmsnorm's handler"
+          resource.setrlimit(resource.RLIMIT_AS, unlimited)
+
+      low, high = 0, 512 << 20  # fails, passes
+      assert attempt(low) != "ok" and attempt(high) == "ok"
+      while high - low > 64 << 10:
+        middle = (low + high) // 2
+        if attempt(middle) == "ok":
+          high = middle
+        else:
+          low = middle
+      seen = {"ok": 0, "ours": 0, "xla": 0}
+      for extra in range(high - (24 << 20), high + (4 << 20), 256 << 10):
+        seen[attempt(max(extra, 0))] += 1
+      assert seen["ours"] > 0, f"no limit failed inside jax_rmsnorm's handler: {seen}, threshold {high >> 10} KiB"
       dx, dw = grads(x, w, x)  # and the process still computes
       assert np.isfinite(np.asarray(dw)).all()
+      print(seen, high >> 10)
   """)
+  tunables = "glibc.malloc.mmap_threshold=65536:glibc.malloc.arena_max=1"
   done = subprocess.run([sys.executable, "-P", "-c", program], capture_output=True, text=True, timeout=600,
-                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+                        env=dict(os.environ, JAX_PLATFORMS="cpu", GLIBC_TUNABLES=tunables))
   assert done.returncode == 0, f"exit {done.returncode}\n{done.stderr[-4000:]}"
 
 

@@ -87,6 +87,59 @@ def test_gradients_with_options(device, rng, x_dtype, out_dtype, round_normalize
     np.testing.assert_allclose(g32, v32, rtol=tol, atol=tol * float(np.max(np.abs(v32))))
 
 
+def hf_dweight64(x, residual, ct, x_dtype, eps=1e-6):
+  """The HF order's dweight in float64: the sum over rows of dy * round_x(n), the exact
+  derivative of round_x(n) * weight, and per column how far it may be off where n lies
+  within float32's error of a rounding boundary of x's dtype (the kernels compute n in
+  float32, and either neighbour is then right)."""
+  s = np.asarray(x).astype(np.float64)
+  if residual is not None:
+    s = (s + np.asarray(residual).astype(np.float64)).astype(x_dtype).astype(np.float64)
+  n = s / np.sqrt(np.mean(s * s, axis=-1, keepdims=True) + eps)
+  up, down = ((n * (1 + d)).astype(x_dtype).astype(np.float64) for d in (1e-6, -1e-6))
+  ct = np.asarray(ct).astype(np.float64)
+  lead = tuple(range(n.ndim - 1))
+  return (np.sum(ct * n.astype(x_dtype).astype(np.float64), axis=lead),
+          np.sum(np.abs(ct) * np.abs(up - down), axis=lead))
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("x_dtype", [jnp.bfloat16, jnp.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("path,shape", [
+    ("kernel", (3, 257)), ("kernel", (8, 4096)), ("kernel", (300, 1024)), ("kernel", (2, 65536)),
+    ("jnp", (64, 1024)), ("vmap", (3, 40, 1024))])
+def test_hf_order_dweight_is_its_exact_derivative(device, rng, path, shape, x_dtype, residual):
+  """dweight of y = round_x(n) * w sums dy * round_x(n): through the backward kernel (y in
+  x's dtype), the jnp backward (a float32 y: its cotangent is float32) and per-example
+  weights under vmap. Summing the unrounded n instead is off by about 1e-3 of the largest
+  dweight in bf16 (3e-4 in f16), past the 3e-5 this allows."""
+  out_dtype = jnp.float32 if path == "jnp" else None
+  x = random_array(rng, shape, x_dtype, scale=2.0, mean=0.3)
+  r = random_array(rng, shape, x_dtype) if residual else None
+  w_shape = shape[:1] + shape[-1:] if path == "vmap" else shape[-1:]
+  w = random_array(rng, w_shape, jnp.float32, scale=0.5, mean=1.0)
+  ct = random_array(rng, shape, out_dtype or x_dtype)
+  kwargs = dict(out_dtype=out_dtype, round_normalized=True)
+
+  def dweight(x, r, w, ct):
+    if residual:
+      return jax.vjp(lambda w: jax_rmsnorm.rms_norm_residual(x, r, w, **kwargs)[0], w)[1](ct)[0]
+    return jax.vjp(lambda w: jax_rmsnorm.rms_norm(x, w, **kwargs), w)[1](ct)[0]
+
+  fn = jax.vmap(dweight) if path == "vmap" else dweight
+  poison(device, 4 * x.nbytes)
+  got = np.asarray(jax.jit(fn)(*on_device(device, x, r, w, ct)))
+  groups = range(shape[0]) if path == "vmap" else [slice(None)]
+  for g in groups:
+    want, ambiguity = hf_dweight64(x[g], None if r is None else r[g], ct[g], x_dtype)
+    err = np.abs(got[g].astype(np.float64) - want)
+    allowed = 3e-5 * np.max(np.abs(want)) + ambiguity
+    assert got.dtype == np.float32 and np.isfinite(got[g]).all()
+    assert np.all(err <= allowed), (
+        f"seed {rng.seed}: {int(np.sum(err > allowed))} of {err.size} columns off, worst "
+        f"{np.max(err / np.max(np.abs(want))):.2e} of max |dweight|")
+
+
 def test_targets():
   """v1 lowers as before; only calls with an option use v2."""
   x, w = jnp.ones((2, 8), jnp.bfloat16), jnp.ones((8,), jnp.float32)
@@ -100,6 +153,32 @@ def test_targets():
   assert "jax_rmsnorm_fwd_v2" in narrow.as_text()
   # One pass: the call writes the bf16 y itself, no convert after it.
   assert "convert" not in narrow.as_text() and narrow.out_info.dtype == jnp.bfloat16
+
+
+def test_backward_targets():
+  """The backward lowers to v2 only for the HF order's dweight of 16-bit rows (float32 rows
+  round nothing; without a weight, or with its gradient unused, there is no dweight)."""
+  def text(x, argnums, **kw):
+    loss = lambda x, w: jnp.sum(jax_rmsnorm.rms_norm(x, w, **kw).astype(jnp.float32))
+    return jax.jit(jax.grad(loss, argnums=argnums)).lower(x, jnp.ones((8,), jnp.float32)).as_text()
+  bf16, f32 = jnp.ones((2, 8), jnp.bfloat16), jnp.ones((2, 8), jnp.float32)
+  assert "jax_rmsnorm_bwd_v2" in text(bf16, (0, 1), round_normalized=True)
+  for x, argnums, hf in [(bf16, (0, 1), False), (f32, (0, 1), True), (bf16, 0, True)]:
+    lowered = text(x, argnums, round_normalized=hf)
+    assert "jax_rmsnorm_bwd_v1" in lowered and "jax_rmsnorm_bwd_v2" not in lowered, (x.dtype, argnums, hf)
+
+
+def test_hf_order_weight_tangent_is_exact(device, rng):
+  """Forward mode in the weight: y = round_x(n) * w has tangent round_x(n) * dw (a float32 y,
+  so that y's own rounding does not hide n's)."""
+  x = random_array(rng, (16, 1024), jnp.bfloat16, scale=2.0)
+  w, dw = (random_array(rng, (1024,), jnp.float32, mean=m) for m in (1.0, 0.0))
+  xd, wd, dwd = on_device(device, x, w, dw)
+  _, tangent = jax.jit(lambda w, dw: jax.jvp(
+      lambda w: jax_rmsnorm.rms_norm(xd, w, out_dtype=jnp.float32, round_normalized=True), (w,), (dw,)))(wd, dwd)
+  s = x.astype(np.float64)
+  n = (s / np.sqrt(np.mean(s * s, axis=-1, keepdims=True) + 1e-6)).astype(x.dtype).astype(np.float64)
+  assert_close(tangent, n * dw.astype(np.float64), jnp.float32, "tangent", rng.seed)
 
 
 def test_out_dtype_reads_dtypes_as_jax_does():

@@ -75,22 +75,26 @@ inline int64_t rows_per_chunk(int64_t rows, int64_t hidden) {
   return std::max({int64_t{1}, kRowChunkElements / h, (rows + max_chunks - 1) / max_chunks});
 }
 
-// The weight row (or ones) as float, converted once per weight row.
+// The weight row (or ones) as float in `buffer` (hidden floats), converted once per weight row.
 template <typename W>
-const float* weight_as_float(const W* weight, int64_t hidden, std::vector<float>& buffer) {
-  buffer.resize(hidden);
+const float* weight_as_float(const W* weight, int64_t hidden, float* buffer) {
   for (int64_t i = 0; i < hidden; ++i) buffer[i] = weight != nullptr ? to_float(weight[i]) : 1.0f;
-  return buffer.data();
+  return buffer;
 }
 
+// The multiversioned row functions below allocate nothing (their callers pass the scratch):
+// GCC compiles calls to a target_clones function as if it could not throw, so an exception
+// from inside one (std::bad_alloc) ended the process where the caller would have caught it
+// (benchmarks/NOTES.md, entry 37).
+
 template <typename T, typename W, typename O>
-JAX_RMSNORM_CPU_CLONES void rms_norm_fwd_rows(const FwdProblem& p, int64_t first_row, int64_t end_row) {
+JAX_RMSNORM_CPU_CLONES void rms_norm_fwd_rows(const FwdProblem& p, int64_t first_row, int64_t end_row,
+                                              float* w_buffer /* hidden floats */) {
   const T* x = static_cast<const T*>(p.x);
   const T* residual = static_cast<const T*>(p.residual);
   T* residual_out = static_cast<T*>(p.residual_out);
   O* y = static_cast<O*>(p.y);
   const W* weight = static_cast<const W*>(p.weight);
-  std::vector<float> w_buffer;
   const float* w = nullptr;
   int64_t w_row = -1;
   for (int64_t row = first_row; row < end_row; ++row) {
@@ -126,18 +130,18 @@ JAX_RMSNORM_CPU_CLONES void rms_norm_fwd_rows(const FwdProblem& p, int64_t first
 }
 
 // Rows [first_row, end_row) of weight row `group`: dx, and (with `dweight_sum`, hidden
-// doubles) each row's float dweight terms added in row order.
+// doubles) each row's float dweight terms added in row order. `scratch`: 2 * hidden floats.
 template <typename T, typename W>
 JAX_RMSNORM_CPU_CLONES void rms_norm_bwd_rows(const BwdProblem& p, int64_t group, int64_t first_row, int64_t end_row,
-                       double* dweight_sum) {
+                                              double* dweight_sum, float* scratch) {
   const T* dy = static_cast<const T*>(p.dy);
   const T* s = static_cast<const T*>(p.s);
   const T* d_new_residual = static_cast<const T*>(p.d_new_residual);
   const W* weight = static_cast<const W*>(p.weight);
   T* dx = static_cast<T*>(p.dx);
-  std::vector<float> w_buffer;
-  const float* w = weight_as_float(weight != nullptr ? weight + group * p.hidden : nullptr, p.hidden, w_buffer);
-  std::vector<float> dweight_terms(p.hidden);  // dy * n of one row, kept from the dx pass
+  const float* w = weight_as_float(weight != nullptr ? weight + group * p.hidden : nullptr, p.hidden, scratch);
+  float* dweight_terms = scratch + p.hidden;  // dy * n of one row, kept from the dx pass
+  const bool round_n = p.round_normalized && sizeof(T) < sizeof(float);  // HF order: dy * round_T(n)
   for (int64_t row = first_row; row < end_row; ++row) {
     const T* dy_row = dy + row * p.hidden;
     const T* s_row = s + row * p.hidden;
@@ -152,7 +156,7 @@ JAX_RMSNORM_CPU_CLONES void rms_norm_bwd_rows(const BwdProblem& p, int64_t group
       const float dy_i = to_float(dy_row[i]);
       const float extra = d_new_residual != nullptr ? to_float(d_new_residual[row * p.hidden + i]) : 0.0f;
       dx_row[i] = from_float<T>(rstd * (dy_i * w[i] - n * mean_gn) + extra);
-      dweight_terms[i] = dy_i * n;
+      dweight_terms[i] = dy_i * (round_n ? to_float(from_float<T>(n)) : n);
     }
     if (dweight_sum != nullptr) {
       for (int64_t i = 0; i < p.hidden; ++i) dweight_sum[i] += dweight_terms[i];
@@ -181,9 +185,10 @@ void rms_norm_bwd_cpu(const BwdProblem& p, RunChunks&& run_chunks = {}) {
       run_chunks(groups * chunks, [&](int64_t task) {
         const int64_t g = task / chunks, c = task % chunks;
         const int64_t first = (first_group + g) * p.rows_per_weight;
+        std::vector<float> scratch(2 * p.hidden);
         rms_norm_bwd_rows<T, W>(p, first_group + g, first + c * step,
                                 first + std::min(p.rows_per_weight, (c + 1) * step),
-                                want_dweight ? sums.data() + task * p.hidden : nullptr);
+                                want_dweight ? sums.data() + task * p.hidden : nullptr, scratch.data());
       });
       if (!want_dweight) continue;
       run_chunks(groups, [&](int64_t g) {
@@ -206,8 +211,9 @@ void rms_norm_fwd_cpu(const FwdProblem& p, RunChunks&& run_chunks = {}) {
     dispatch_output<CpuTypes, T>(p.y_dtype, [&](auto y_tag) {
       const int64_t step = rows_per_chunk(p.rows, p.hidden);
       run_chunks((p.rows + step - 1) / step, [&](int64_t c) {
+        std::vector<float> w_buffer(p.hidden);
         rms_norm_fwd_rows<T, typename decltype(w_tag)::type, typename decltype(y_tag)::type>(
-            p, c * step, std::min(p.rows, (c + 1) * step));
+            p, c * step, std::min(p.rows, (c + 1) * step), w_buffer.data());
       });
     });
   });

@@ -155,7 +155,8 @@ inline ffi::Error decode_fwd_call(ffi::RemainingArgs args, ffi::RemainingRets re
 
 inline ffi::Error decode_bwd_call(ffi::RemainingArgs args, ffi::RemainingRets rets, bool has_weight,
                                   bool has_residual_grad, bool want_dweight,
-                                  int64_t ctas_per_weight_row, BwdProblem& p) {
+                                  int64_t ctas_per_weight_row, BwdProblem& p,
+                                  bool round_normalized = false) {
   const size_t want_args = 3 + size_t(has_weight) + size_t(has_residual_grad);
   const size_t want_rets = 1 + 2 * size_t(want_dweight);
   if (args.size() != want_args || rets.size() != want_rets || (want_dweight && !has_weight)) {
@@ -165,6 +166,7 @@ inline ffi::Error decode_bwd_call(ffi::RemainingArgs args, ffi::RemainingRets re
   }
   if (ctas_per_weight_row < 1) return invalid("backward: ctas_per_weight_row must be >= 1");
   p.ctas_per_weight_row = ctas_per_weight_row;
+  p.round_normalized = round_normalized;  // v2 only
 
   size_t arg = 0, ret = 0;
   const ffi::AnyBuffer dy = args.get<ffi::AnyBuffer>(arg++).value();
@@ -215,6 +217,29 @@ inline ffi::Error decode_bwd_call(ffi::RemainingArgs args, ffi::RemainingRets re
     p.dweight_partials = static_cast<float*>(partials->untyped_data());
   }
   return ffi::Error::Success();
+}
+
+// The attributes of each target, after its context (XLA's thread pool or the CUDA stream):
+// one list for the CPU and CUDA handlers and for each target's v1 and v2, which appends its
+// own. Operands then results follow as RemainingArgs / RemainingRets (see the top).
+template <typename Context>
+auto bind_fwd_attrs() {
+  return ffi::Ffi::Bind()
+      .Ctx<Context>()
+      .template Attr<float>("eps")
+      .template Attr<bool>("has_residual")
+      .template Attr<bool>("has_weight")
+      .template Attr<bool>("save_rstd");
+}
+
+template <typename Context>
+auto bind_bwd_attrs() {
+  return ffi::Ffi::Bind()
+      .Ctx<Context>()
+      .template Attr<bool>("has_weight")
+      .template Attr<bool>("has_residual_grad")
+      .template Attr<bool>("want_dweight")
+      .template Attr<int64_t>("ctas_per_weight_row");
 }
 
 }  // namespace jax_rmsnorm

@@ -57,40 +57,55 @@ class OnThreadPool {
         if (progress->done == chunks) progress->all_done.notify_all();
       }
     };
-    for (int64_t t = 0; t < helpers; ++t) pool_.Schedule([work] { work(); });
+    // Scheduling allocates; if that fails, the chunks still run (on the threads scheduled
+    // so far and this one) and the wait below still holds `body` alive for them.
+    std::exception_ptr schedule_failure;
+    try {
+      for (int64_t t = 0; t < helpers; ++t) pool_.Schedule([work] { work(); });
+    } catch (...) {
+      schedule_failure = std::current_exception();
+    }
     work();
     std::unique_lock<std::mutex> lock(progress->mutex);
     progress->all_done.wait(lock, [&] { return progress->done == chunks; });
     if (progress->failure) std::rethrow_exception(progress->failure);
+    if (schedule_failure) std::rethrow_exception(schedule_failure);
   }
 
  private:
   ffi::ThreadPool pool_;
 };
 
-// Runs a kernel, turning an exception from it (its buffers' allocations) into an error
-// for XLA, so that running out of host memory fails the call instead of the process.
+// Runs a handler's body, turning an exception from it (its buffers' allocations) into an
+// error for XLA, so that running out of host memory fails the call instead of the process.
+// The message is allocated first: under memory pressure building it in the catch could
+// throw again, out of the handler, and that ends the process.
 template <typename F>
-static ffi::Error run_or_error(const char* what, F&& kernel) {
+static ffi::Error run_or_error(const char* what, F&& body) {
+  std::string message;
   try {
-    kernel();
-  } catch (const std::bad_alloc&) {
-    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
-                      std::string("jax_rmsnorm: out of host memory in the CPU ") + what);
-  } catch (const std::exception& e) {
-    return ffi::Error(ffi::ErrorCode::kInternal, std::string("jax_rmsnorm: the CPU ") + what + " failed: " + e.what());
+    message = std::string("jax_rmsnorm: out of host memory in the CPU ") + what;
+  } catch (...) {  // left empty: the error code still says it
   }
-  return ffi::Error::Success();
+  try {
+    return body();
+  } catch (const std::bad_alloc&) {
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted, std::move(message));
+  } catch (...) {  // nothing else throws in the kernels; keep the process alive regardless
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string());
+  }
 }
 
 static ffi::Error RunFwdCpu(ffi::ThreadPool pool, float eps, bool has_residual, bool has_weight,
                             bool save_rstd, bool v2, bool round_normalized, ffi::RemainingArgs args,
                             ffi::RemainingRets rets) {
-  FwdProblem p;
-  ffi::Error error = decode_fwd_call(args, rets, eps, has_residual, has_weight, save_rstd, p, v2,
-                                     round_normalized);
-  if (error.failure()) return error;
-  return run_or_error("forward", [&] { rms_norm_fwd_cpu(p, OnThreadPool(pool)); });
+  return run_or_error("forward", [&] {
+    FwdProblem p;
+    ffi::Error error = decode_fwd_call(args, rets, eps, has_residual, has_weight, save_rstd, p, v2,
+                                       round_normalized);
+    if (error.success()) rms_norm_fwd_cpu(p, OnThreadPool(pool));
+    return error;
+  });
 }
 
 static ffi::Error RmsNormFwdCpu(ffi::ThreadPool pool, float eps, bool has_residual, bool has_weight,
@@ -104,45 +119,48 @@ static ffi::Error RmsNormFwdCpuV2(ffi::ThreadPool pool, float eps, bool has_resi
   return RunFwdCpu(pool, eps, has_residual, has_weight, save_rstd, true, round_normalized, args, rets);
 }
 
+static ffi::Error RunBwdCpu(ffi::ThreadPool pool, bool has_weight, bool has_residual_grad,
+                            bool want_dweight, int64_t ctas_per_weight_row, bool round_normalized,
+                            ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  return run_or_error("backward", [&] {
+    BwdProblem p;
+    ffi::Error error = decode_bwd_call(args, rets, has_weight, has_residual_grad, want_dweight,
+                                       ctas_per_weight_row, p, round_normalized);
+    if (error.success()) rms_norm_bwd_cpu(p, OnThreadPool(pool));
+    return error;
+  });
+}
+
 static ffi::Error RmsNormBwdCpu(ffi::ThreadPool pool, bool has_weight, bool has_residual_grad,
                                 bool want_dweight, int64_t ctas_per_weight_row, ffi::RemainingArgs args,
                                 ffi::RemainingRets rets) {
-  BwdProblem p;
-  ffi::Error error = decode_bwd_call(args, rets, has_weight, has_residual_grad, want_dweight,
-                                     ctas_per_weight_row, p);
-  if (error.failure()) return error;
-  return run_or_error("backward", [&] { rms_norm_bwd_cpu(p, OnThreadPool(pool)); });
+  return RunBwdCpu(pool, has_weight, has_residual_grad, want_dweight, ctas_per_weight_row, false, args, rets);
+}
+
+static ffi::Error RmsNormBwdCpuV2(ffi::ThreadPool pool, bool has_weight, bool has_residual_grad,
+                                  bool want_dweight, int64_t ctas_per_weight_row, bool round_normalized,
+                                  ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  return RunBwdCpu(pool, has_weight, has_residual_grad, want_dweight, ctas_per_weight_row, round_normalized,
+                   args, rets);
 }
 
 }  // namespace jax_rmsnorm
 
+// Contexts: XLA's intra-op threads. fwd: x, [residual], [weight] -> y (x's dtype, or float32
+// under v2), [residual_out], [rstd]. bwd: dy, s, rstd, [weight], [d_new_residual] -> dx,
+// [dweight, dweight_partials].
+using CpuPool = xla::ffi::ThreadPool;
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_rmsnorm_fwd_cpu, jax_rmsnorm::RmsNormFwdCpu,
-                              xla::ffi::Ffi::Bind()
-                                  .Ctx<xla::ffi::ThreadPool>()  // XLA's intra-op threads
-                                  .Attr<float>("eps")
-                                  .Attr<bool>("has_residual")
-                                  .Attr<bool>("has_weight")
-                                  .Attr<bool>("save_rstd")
-                                  .RemainingArgs()    // x, [residual], [weight]
-                                  .RemainingRets());  // y, [residual_out], [rstd]
-
+                              jax_rmsnorm::bind_fwd_attrs<CpuPool>().RemainingArgs().RemainingRets());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_rmsnorm_fwd_v2_cpu, jax_rmsnorm::RmsNormFwdCpuV2,
-                              xla::ffi::Ffi::Bind()
-                                  .Ctx<xla::ffi::ThreadPool>()  // XLA's intra-op threads
-                                  .Attr<float>("eps")
-                                  .Attr<bool>("has_residual")
-                                  .Attr<bool>("has_weight")
-                                  .Attr<bool>("save_rstd")
+                              jax_rmsnorm::bind_fwd_attrs<CpuPool>()
                                   .Attr<bool>("round_normalized")
-                                  .RemainingArgs()    // x, [residual], [weight]
-                                  .RemainingRets());  // y (x's dtype or f32), [residual_out], [rstd]
-
+                                  .RemainingArgs()
+                                  .RemainingRets());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_rmsnorm_bwd_cpu, jax_rmsnorm::RmsNormBwdCpu,
-                              xla::ffi::Ffi::Bind()
-                                  .Ctx<xla::ffi::ThreadPool>()  // XLA's intra-op threads
-                                  .Attr<bool>("has_weight")
-                                  .Attr<bool>("has_residual_grad")
-                                  .Attr<bool>("want_dweight")
-                                  .Attr<int64_t>("ctas_per_weight_row")
-                                  .RemainingArgs()    // dy, s, rstd, [weight], [d_new_residual]
-                                  .RemainingRets());  // dx, [dweight, dweight_partials]
+                              jax_rmsnorm::bind_bwd_attrs<CpuPool>().RemainingArgs().RemainingRets());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_rmsnorm_bwd_v2_cpu, jax_rmsnorm::RmsNormBwdCpuV2,
+                              jax_rmsnorm::bind_bwd_attrs<CpuPool>()
+                                  .Attr<bool>("round_normalized")  // dweight of the HF order
+                                  .RemainingArgs()
+                                  .RemainingRets());

@@ -31,50 +31,51 @@ static ffi::Error RmsNormFwdCudaV2(cudaStream_t stream, float eps, bool has_resi
                     rets);
 }
 
-static ffi::Error RmsNormBwdCuda(cudaStream_t stream, bool has_weight, bool has_residual_grad,
-                                 bool want_dweight, int64_t ctas_per_weight_row,
-                                 ffi::RemainingArgs args, ffi::RemainingRets rets) {
+static ffi::Error RunBwdCuda(cudaStream_t stream, bool has_weight, bool has_residual_grad,
+                             bool want_dweight, int64_t ctas_per_weight_row, bool round_normalized,
+                             ffi::RemainingArgs args, ffi::RemainingRets rets) {
   BwdProblem p;
   ffi::Error error = decode_bwd_call(args, rets, has_weight, has_residual_grad, want_dweight,
-                                     ctas_per_weight_row, p);
+                                     ctas_per_weight_row, p, round_normalized);
   if (error.failure()) return error;
   const std::string message = rms_norm_bwd_cuda(p, stream);
   if (!message.empty()) return ffi::Error::Internal("jax_rmsnorm backward: " + message);
   return ffi::Error::Success();
 }
 
+static ffi::Error RmsNormBwdCuda(cudaStream_t stream, bool has_weight, bool has_residual_grad,
+                                 bool want_dweight, int64_t ctas_per_weight_row,
+                                 ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  return RunBwdCuda(stream, has_weight, has_residual_grad, want_dweight, ctas_per_weight_row, false,
+                    args, rets);
+}
+
+static ffi::Error RmsNormBwdCudaV2(cudaStream_t stream, bool has_weight, bool has_residual_grad,
+                                   bool want_dweight, int64_t ctas_per_weight_row, bool round_normalized,
+                                   ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  return RunBwdCuda(stream, has_weight, has_residual_grad, want_dweight, ctas_per_weight_row,
+                    round_normalized, args, rets);
+}
+
 }  // namespace jax_rmsnorm
 
+// Operands and results as the CPU targets' (cpu_handlers.cc).
+using CudaStream = xla::ffi::PlatformStream<cudaStream_t>;
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_rmsnorm_fwd_cuda, jax_rmsnorm::RmsNormFwdCuda,
-                              xla::ffi::Ffi::Bind()
-                                  .Ctx<xla::ffi::PlatformStream<cudaStream_t>>()
-                                  .Attr<float>("eps")
-                                  .Attr<bool>("has_residual")
-                                  .Attr<bool>("has_weight")
-                                  .Attr<bool>("save_rstd")
-                                  .RemainingArgs()   // x, [residual], [weight]
-                                  .RemainingRets(),  // y, [residual_out], [rstd]
+                              jax_rmsnorm::bind_fwd_attrs<CudaStream>().RemainingArgs().RemainingRets(),
                               {xla::ffi::Traits::kCmdBufferCompatible});
-
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_rmsnorm_fwd_v2_cuda, jax_rmsnorm::RmsNormFwdCudaV2,
-                              xla::ffi::Ffi::Bind()
-                                  .Ctx<xla::ffi::PlatformStream<cudaStream_t>>()
-                                  .Attr<float>("eps")
-                                  .Attr<bool>("has_residual")
-                                  .Attr<bool>("has_weight")
-                                  .Attr<bool>("save_rstd")
+                              jax_rmsnorm::bind_fwd_attrs<CudaStream>()
                                   .Attr<bool>("round_normalized")
-                                  .RemainingArgs()   // x, [residual], [weight]
-                                  .RemainingRets(),  // y (x's dtype or f32), [residual_out], [rstd]
+                                  .RemainingArgs()
+                                  .RemainingRets(),
                               {xla::ffi::Traits::kCmdBufferCompatible});
-
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_rmsnorm_bwd_cuda, jax_rmsnorm::RmsNormBwdCuda,
-                              xla::ffi::Ffi::Bind()
-                                  .Ctx<xla::ffi::PlatformStream<cudaStream_t>>()
-                                  .Attr<bool>("has_weight")
-                                  .Attr<bool>("has_residual_grad")
-                                  .Attr<bool>("want_dweight")
-                                  .Attr<int64_t>("ctas_per_weight_row")
-                                  .RemainingArgs()   // dy, s, rstd, [weight], [d_new_residual]
-                                  .RemainingRets(),  // dx, [dweight, dweight_partials]
+                              jax_rmsnorm::bind_bwd_attrs<CudaStream>().RemainingArgs().RemainingRets(),
+                              {xla::ffi::Traits::kCmdBufferCompatible});
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_rmsnorm_bwd_v2_cuda, jax_rmsnorm::RmsNormBwdCudaV2,
+                              jax_rmsnorm::bind_bwd_attrs<CudaStream>()
+                                  .Attr<bool>("round_normalized")  // dweight of the HF order
+                                  .RemainingArgs()
+                                  .RemainingRets(),
                               {xla::ffi::Traits::kCmdBufferCompatible});

@@ -55,6 +55,10 @@ struct BwdProblem {
   int64_t ctas_per_weight_row = 1;
   DType x_dtype = DType::kF32;
   DType weight_dtype = DType::kF32;
+  // The HF order's forward (FwdProblem::round_normalized): dweight sums dy * round_x(n), the
+  // derivative of round_x(n) * weight; dx is unchanged (the rounding passes gradients
+  // straight through). The identity for float32 rows.
+  bool round_normalized = false;
 };
 
 }  // namespace jax_rmsnorm

@@ -23,6 +23,7 @@
 //    row in global memory (only this thread touches its columns).
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "kernels/cuda_common.cuh"
 #include "kernels/dispatch.h"
@@ -80,8 +81,10 @@ __device__ __forceinline__ void residual_grad(const T* p, float (&extra)[VEC]) {
   }
 }
 
-// dx = rstd * (g - n * mean_gn) + extra (the d_new_residual term); dweight partial += dy * n.
-template <typename T, int VEC>
+// dx = rstd * (g - n * mean_gn) + extra (the d_new_residual term); dweight partial += dy * n,
+// with ROUND_N (the HF order, 16-bit rows) dy * round_T(n): y = round_T(n) * w there, and
+// dx's n stays unrounded (the rounding passes gradients straight through).
+template <bool ROUND_N, typename T, int VEC>
 __device__ __forceinline__ Packed<T, VEC> input_grad(const Packed<T, VEC>& dy,
                                                      const Packed<T, VEC>& s,
                                                      const float (&w)[VEC], float rstd,
@@ -93,22 +96,22 @@ __device__ __forceinline__ Packed<T, VEC> input_grad(const Packed<T, VEC>& dy,
     const float n = to_float(s.v[j]) * rstd;
     const float g = to_float(dy.v[j]) * w[j];
     dx.v[j] = from_float<T>(rstd * (g - n * mean_gn) + extra[j]);
-    dw[j] += to_float(dy.v[j]) * n;
+    dw[j] += to_float(dy.v[j]) * (ROUND_N ? to_float(from_float<T>(n)) : n);
   }
   return dx;
 }
 
 // input_grad with the d_new_residual term read from global memory at `d_new_residual`.
-template <typename T, int VEC>
+template <bool ROUND_N, typename T, int VEC>
 __device__ __forceinline__ Packed<T, VEC> input_grad(const Packed<T, VEC>& dy, const Packed<T, VEC>& s,
                                                      const float (&w)[VEC], float rstd, float mean_gn,
                                                      const T* d_new_residual, float (&dw)[VEC]) {
   float extra[VEC];
   residual_grad<T, VEC>(d_new_residual, extra);
-  return input_grad(dy, s, w, rstd, mean_gn, extra, dw);
+  return input_grad<ROUND_N>(dy, s, w, rstd, mean_gn, extra, dw);
 }
 
-template <typename T, typename W, int VEC, int CHUNKS>
+template <typename T, typename W, int VEC, int CHUNKS, bool ROUND_N>
 __global__ void __launch_bounds__(kBwdBlock, 2)
     rms_norm_bwd_registers(BwdProblem p, int threads_per_row, int cluster, int stages) {
   using Unit = Packed<T, VEC>;
@@ -216,7 +219,7 @@ __global__ void __launch_bounds__(kBwdBlock, 2)
           float w[VEC];
           load_weight<VEC>(weight, weight_index(c), w);
           store_packed(static_cast<T*>(p.dx) + offset + column(c),
-                       input_grad(load_packed<T, VEC>(unit_at(stage, 0, c).v), load_packed<T, VEC>(unit_at(stage, 1, c).v), w, rstd, mean_gn,
+                       input_grad<ROUND_N>(load_packed<T, VEC>(unit_at(stage, 0, c).v), load_packed<T, VEC>(unit_at(stage, 1, c).v), w, rstd, mean_gn,
                                   d_new_residual ? d_new_residual + offset + column(c) : nullptr,
                                   dw[c]));
         }
@@ -293,7 +296,7 @@ __device__ __forceinline__ unsigned load_acquire(const unsigned* counter) {
 // Waiting on other CTAs needs them all resident: the grid is launched cooperatively.
 // dweight: each lane's float32 sums for its rows, one partial row per lane and weight row;
 // the sums live in shared memory (each thread's own), leaving the registers to two tiles.
-template <typename T, typename W, int VEC, int CHUNKS>
+template <typename T, typename W, int VEC, int CHUNKS, bool ROUND_N>
 __global__ void __launch_bounds__(kBwdBlock, 2)
     rms_norm_bwd_row_tiles(BwdProblem p, int tiles, int lanes, float* exchange, unsigned* arrivals) {
   using Unit = Packed<T, VEC>;
@@ -399,7 +402,7 @@ __global__ void __launch_bounds__(kBwdBlock, 2)
             float w[VEC], dw[VEC] = {};
             weights(c, w);
             store_packed(static_cast<T*>(p.dx) + offset + column(c),
-                         input_grad(cur.dy[c], cur.s[c], w, cur.rstd, mean_gn,
+                         input_grad<ROUND_N>(cur.dy[c], cur.s[c], w, cur.rstd, mean_gn,
                                     d_new_residual ? d_new_residual + offset + column(c) : nullptr, dw));
 #pragma unroll
             for (int j = 0; j < VEC; ++j) tile_dw[own(c, j)] += dw[j];
@@ -444,7 +447,7 @@ struct BwdStagedMap {
 // rows k and k + 1 are both read from the ring (twice each), and the stage of row k - 1 is
 // refilled at row k + 1's barrier: at least 3 stages. The weight slice (as float) and the
 // float32 dweight sums live in registers; each cluster writes one partial row of dweight.
-template <typename T, typename W, int VEC, int CHUNKS, bool FUSED>
+template <typename T, typename W, int VEC, int CHUNKS, bool FUSED, bool ROUND_N>
 __global__ void __launch_bounds__(kRegistersBlock, 1) rms_norm_bwd_staged(BwdProblem p, BwdStagedMap m) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using Unit = Packed<T, VEC>;
@@ -554,7 +557,7 @@ __global__ void __launch_bounds__(kRegistersBlock, 1) rms_norm_bwd_staged(BwdPro
 #pragma unroll
             for (int j = 0; j < VEC; ++j) residual_term[j] = to_float(r.v[j]);
           }
-          store_packed(dx + mine(c) * VEC, input_grad(unit_at(stage, 0, c), unit_at(stage, 1, c), w[c], rstd,
+          store_packed(dx + mine(c) * VEC, input_grad<ROUND_N>(unit_at(stage, 0, c), unit_at(stage, 1, c), w[c], rstd,
                                                       mean_gn, residual_term, dw[c]));
         }
       }
@@ -597,7 +600,7 @@ struct BwdFewRowsMap {
 // in one exchange for all rows (each CTA's sum of row r lands in slot [r][rank] of every
 // CTA, by st.async, on one mbarrier); then dx, and the slice's dweight summed over the
 // CTA's slots in slot order and written directly: one kernel, no partial rows.
-template <typename T, typename W, int VEC, int CHUNKS>
+template <typename T, typename W, int VEC, int CHUNKS, bool ROUND_N>
 __global__ void __launch_bounds__(kFewRowsMaxBlock) rms_norm_bwd_few_rows(BwdProblem p, BwdFewRowsMap m) {
   constexpr int kRows = kFewRowsItems / CHUNKS;  // the most rows a thread takes
   using Word = WordOf<T, VEC>;
@@ -718,7 +721,7 @@ __global__ void __launch_bounds__(kFewRowsMaxBlock) rms_norm_bwd_few_rows(BwdPro
 #pragma unroll
         for (int j = 0; j < VEC; ++j) residual_term[j] = to_float(r.v[j]);
         store_packed(dx + row_of(q) * p.hidden + unit_of(c) * VEC,
-                     input_grad(unpack<T, VEC>(dy_w[q][c]), unpack<T, VEC>(s_w[q][c]), w[c], rstd[q], mean_gn,
+                     input_grad<ROUND_N>(unpack<T, VEC>(dy_w[q][c]), unpack<T, VEC>(s_w[q][c]), w[c], rstd[q], mean_gn,
                                 residual_term, dw));
       }
       if (want_dweight) {
@@ -743,7 +746,7 @@ __global__ void __launch_bounds__(kFewRowsMaxBlock) rms_norm_bwd_few_rows(BwdPro
   }
 }
 
-template <typename T, typename W, int VEC>
+template <typename T, typename W, int VEC, bool ROUND_N>
 __global__ void __launch_bounds__(kMaxBlock) rms_norm_bwd_streaming(BwdProblem p) {
   __shared__ RowSumScratch scratch;
   const CtaRows cta(p, 1);
@@ -770,7 +773,7 @@ __global__ void __launch_bounds__(kMaxBlock) rms_norm_bwd_streaming(BwdProblem p
       float w[VEC], dw[VEC] = {};
       load_weight<VEC>(weight, col, w);
       store_packed(static_cast<T*>(p.dx) + offset + col,
-                   input_grad(load_packed<T, VEC>(dy_all + offset + col),
+                   input_grad<ROUND_N>(load_packed<T, VEC>(dy_all + offset + col),
                               load_packed<T, VEC>(s_all + offset + col), w, rstd, mean_gn,
                               d_new_residual ? d_new_residual + offset + col : nullptr, dw));
       if (partial != nullptr) {
@@ -851,7 +854,7 @@ cudaError_t launch_sum_partials(const BwdProblem& p, int64_t summed, cudaStream_
 
 // Launches the row kernel for launch `l`; `summed` gets how many partial rows per weight
 // row hold dweight sums (rms_norm_bwd_row_tiles keeps one for its exchange).
-template <typename T, typename W, int VEC>
+template <typename T, typename W, int VEC, bool ROUND_N>
 cudaError_t launch_bwd(const BwdProblem& p, const BwdLaunch& l, cudaStream_t stream, int64_t& summed) {
   const int64_t units = p.weight_rows * p.ctas_per_weight_row;
   summed = p.ctas_per_weight_row;
@@ -862,7 +865,7 @@ cudaError_t launch_bwd(const BwdProblem& p, const BwdLaunch& l, cudaStream_t str
     // partial count) streams instead.
     const int64_t lanes = p.ctas_per_weight_row - 1;
     constexpr int kChunks = bwd_row_tile_chunks(VEC);
-    constexpr auto kernel = rms_norm_bwd_row_tiles<T, W, VEC, kChunks>;
+    constexpr auto kernel = rms_norm_bwd_row_tiles<T, W, VEC, kChunks, ROUND_N>;
     const size_t smem = size_t{2} * 4 * kChunks * l.block * VEC;  // weights, dweight sums
     if (l.chunks == kChunks && p.dweight_partials != nullptr && lanes >= 1 &&
         (2 * l.tiles + 1) * lanes <= p.hidden && l.tiles * lanes <= resident_ctas<kernel>(l.block, smem)) {
@@ -883,8 +886,8 @@ cudaError_t launch_bwd(const BwdProblem& p, const BwdLaunch& l, cudaStream_t str
       m.inv_hidden = static_cast<float>(1.0 / static_cast<double>(p.hidden));
       const size_t smem = staged_bytes(l.block, l.chunks, VEC, l.stages, 2, 0);
       const bool fused = p.d_new_residual != nullptr;
-      auto kernel = fused ? rms_norm_bwd_staged<T, W, VEC, kBwdStagedChunks, true>
-                          : rms_norm_bwd_staged<T, W, VEC, kBwdStagedChunks, false>;
+      auto kernel = fused ? rms_norm_bwd_staged<T, W, VEC, kBwdStagedChunks, true, ROUND_N>
+                          : rms_norm_bwd_staged<T, W, VEC, kBwdStagedChunks, false, ROUND_N>;
       // Persistent, per weight row: at most one cluster per partial row and per row (one
       // cluster when there are no rows: it writes the zero partial).
       const int64_t rows = p.rows_per_weight > 1 ? p.rows_per_weight : 1;
@@ -910,7 +913,7 @@ cudaError_t launch_bwd(const BwdProblem& p, const BwdLaunch& l, cudaStream_t str
       const size_t smem = few_rows_bytes(l, p.rows_per_weight);
       const int64_t grid = p.weight_rows * l.cluster;
       return dispatch_chunks<kFewRowsMaxChunks>(l.chunks, [&](auto chunks) {
-        return launch(rms_norm_bwd_few_rows<T, W, VEC, decltype(chunks)::value>, dim3(static_cast<unsigned>(grid)),
+        return launch(rms_norm_bwd_few_rows<T, W, VEC, decltype(chunks)::value, ROUND_N>, dim3(static_cast<unsigned>(grid)),
                       dim3(l.block), smem, l.cluster, stream, p, m);
       });
     } else {
@@ -918,14 +921,14 @@ cudaError_t launch_bwd(const BwdProblem& p, const BwdLaunch& l, cudaStream_t str
     }
   }
   if (l.kernel != FwdKernel::kRegisters) {
-    return launch(rms_norm_bwd_streaming<T, W, VEC>, dim3(static_cast<unsigned>(units)), dim3(kMaxBlock), 0,
+    return launch(rms_norm_bwd_streaming<T, W, VEC, ROUND_N>, dim3(static_cast<unsigned>(units)), dim3(kMaxBlock), 0,
                   1, stream, p);
   }
   const size_t smem =
       4 * bwd_weight_floats(p.hidden, p.weight != nullptr, l.cluster, l.chunks, l.block, l.vec) +
       l.stages * bwd_stage_bytes(l, sizeof(T));
   return dispatch_chunks<kMaxBwdChunks>(l.chunks, [&](auto chunks) {
-    return launch(rms_norm_bwd_registers<T, W, VEC, decltype(chunks)::value>,
+    return launch(rms_norm_bwd_registers<T, W, VEC, decltype(chunks)::value, ROUND_N>,
                   dim3(static_cast<unsigned>(units * l.cluster)), dim3(l.block), smem, l.cluster, stream, p,
                   l.threads_per_row, l.cluster, l.stages);
   });
@@ -934,7 +937,7 @@ cudaError_t launch_bwd(const BwdProblem& p, const BwdLaunch& l, cudaStream_t str
 // The largest cluster a backward launch may take: probed on the staged kernel at the most
 // shared memory the chooser gives one of its CTAs.
 int max_backward_cluster() {
-  return largest_cluster<rms_norm_bwd_staged<__nv_bfloat16, float, 8, kBwdStagedChunks, false>>(
+  return largest_cluster<rms_norm_bwd_staged<__nv_bfloat16, float, 8, kBwdStagedChunks, false, false>>(
       kRegistersBlock, size_t(staged_bytes(kRegistersBlock, kBwdStagedChunks, 8, kBwdStagedStages, 2, 0)),
       kMaxCluster);
 }
@@ -998,8 +1001,18 @@ std::string rms_norm_bwd_cuda(const BwdProblem& p, cudaStream_t stream, const Bw
     using T = typename decltype(x_tag)::type;
     using W = typename decltype(w_tag)::type;
     int64_t summed = 0;
-    cudaError_t e = l.vec == 1 ? launch_bwd<T, W, 1>(p, l, stream, summed)
-                               : launch_bwd<T, W, 16 / sizeof(T)>(p, l, stream, summed);
+    auto launch_rows = [&](auto round_n) {
+      constexpr bool kRoundN = decltype(round_n)::value;
+      return l.vec == 1 ? launch_bwd<T, W, 1, kRoundN>(p, l, stream, summed)
+                        : launch_bwd<T, W, 16 / sizeof(T), kRoundN>(p, l, stream, summed);
+    };
+    // The HF order's rounding of n is the identity for float32 rows: no kernels for it.
+    cudaError_t e;
+    if constexpr (sizeof(T) < 4) {
+      e = p.round_normalized ? launch_rows(std::true_type{}) : launch_rows(std::false_type{});
+    } else {
+      e = launch_rows(std::false_type{});
+    }
     // The few-rows kernel writes dweight itself, the register kernel when one CTA covers a weight row.
     const bool direct =
         l.kernel == FwdKernel::kFewRows || (l.kernel == FwdKernel::kRegisters && p.ctas_per_weight_row == 1);
