@@ -170,15 +170,18 @@ def test_backward_targets():
 
 def test_hf_order_weight_tangent_is_exact(device, rng):
   """Forward mode in the weight: y = round_x(n) * w has tangent round_x(n) * dw (a float32 y,
-  so that y's own rounding does not hide n's)."""
+  so that y's own rounding does not hide n's). Where n lies within float32's error of a
+  rounding boundary of bf16, either neighbour is right (about 1 seed in 100 has one)."""
   x = random_array(rng, (16, 1024), jnp.bfloat16, scale=2.0)
   w, dw = (random_array(rng, (1024,), jnp.float32, mean=m) for m in (1.0, 0.0))
   xd, wd, dwd = on_device(device, x, w, dw)
   _, tangent = jax.jit(lambda w, dw: jax.jvp(
       lambda w: jax_rmsnorm.rms_norm(xd, w, out_dtype=jnp.float32, round_normalized=True), (w,), (dw,)))(wd, dwd)
   s = x.astype(np.float64)
-  n = (s / np.sqrt(np.mean(s * s, axis=-1, keepdims=True) + 1e-6)).astype(x.dtype).astype(np.float64)
-  assert_close(tangent, n * dw.astype(np.float64), jnp.float32, "tangent", rng.seed)
+  n = s / np.sqrt(np.mean(s * s, axis=-1, keepdims=True) + 1e-6)
+  up, down = ((n * (1 + d)).astype(x.dtype).astype(np.float64) * dw.astype(np.float64) for d in (1e-6, -1e-6))
+  got = np.asarray(tangent).astype(np.float64)
+  assert_close(tangent, np.where(np.abs(got - up) <= np.abs(got - down), up, down), jnp.float32, "tangent", rng.seed)
 
 
 def test_out_dtype_reads_dtypes_as_jax_does():

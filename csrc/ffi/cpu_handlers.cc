@@ -57,19 +57,17 @@ class OnThreadPool {
         if (progress->done == chunks) progress->all_done.notify_all();
       }
     };
-    // Scheduling allocates; if that fails, the chunks still run (on the threads scheduled
-    // so far and this one) and the wait below still holds `body` alive for them.
-    std::exception_ptr schedule_failure;
+    // Scheduling allocates; if that fails, the chunks still all run (on the threads
+    // scheduled so far and this one), so the results are whole and the call succeeds; the
+    // wait below holds `body` alive for them.
     try {
       for (int64_t t = 0; t < helpers; ++t) pool_.Schedule([work] { work(); });
     } catch (...) {
-      schedule_failure = std::current_exception();
     }
     work();
     std::unique_lock<std::mutex> lock(progress->mutex);
     progress->all_done.wait(lock, [&] { return progress->done == chunks; });
     if (progress->failure) std::rethrow_exception(progress->failure);
-    if (schedule_failure) std::rethrow_exception(schedule_failure);
   }
 
  private:
@@ -78,21 +76,28 @@ class OnThreadPool {
 
 // Runs a handler's body, turning an exception from it (its buffers' allocations) into an
 // error for XLA, so that running out of host memory fails the call instead of the process.
-// The message is allocated first: under memory pressure building it in the catch could
+// The messages are allocated first: under memory pressure building one in the catch could
 // throw again, out of the handler, and that ends the process.
 template <typename F>
 static ffi::Error run_or_error(const char* what, F&& body) {
-  std::string message;
+  std::string out_of_memory, failed;
   try {
-    message = std::string("jax_rmsnorm: out of host memory in the CPU ") + what;
+    out_of_memory = std::string("jax_rmsnorm: out of host memory in the CPU ") + what;
+    failed = std::string("jax_rmsnorm: C++ exception in the CPU ") + what + ": ";
   } catch (...) {  // left empty: the error code still says it
   }
   try {
     return body();
   } catch (const std::bad_alloc&) {
-    return ffi::Error(ffi::ErrorCode::kResourceExhausted, std::move(message));
-  } catch (...) {  // nothing else throws in the kernels; keep the process alive regardless
-    return ffi::Error(ffi::ErrorCode::kInternal, std::string());
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted, std::move(out_of_memory));
+  } catch (const std::exception& e) {  // nothing else throws in the kernels; keep the process alive regardless
+    try {
+      failed += e.what();
+    } catch (...) {
+    }
+    return ffi::Error(ffi::ErrorCode::kInternal, std::move(failed));
+  } catch (...) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::move(failed));
   }
 }
 
