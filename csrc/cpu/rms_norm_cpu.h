@@ -131,7 +131,7 @@ JAX_RMSNORM_CPU_CLONES void rms_norm_fwd_rows(const FwdProblem& p, int64_t first
 
 // Rows [first_row, end_row) of weight row `group`: dx, and (with `dweight_sum`, hidden
 // doubles) each row's float dweight terms added in row order. `scratch`: 2 * hidden floats.
-template <typename T, typename W>
+template <typename T, typename W, bool ROUND_N>
 JAX_RMSNORM_CPU_CLONES void rms_norm_bwd_rows(const BwdProblem& p, int64_t group, int64_t first_row, int64_t end_row,
                                               double* dweight_sum, float* scratch) {
   const T* dy = static_cast<const T*>(p.dy);
@@ -141,7 +141,6 @@ JAX_RMSNORM_CPU_CLONES void rms_norm_bwd_rows(const BwdProblem& p, int64_t group
   T* dx = static_cast<T*>(p.dx);
   const float* w = weight_as_float(weight != nullptr ? weight + group * p.hidden : nullptr, p.hidden, scratch);
   float* dweight_terms = scratch + p.hidden;  // dy * n of one row, kept from the dx pass
-  const bool round_n = p.round_normalized && sizeof(T) < sizeof(float);  // HF order: dy * round_T(n)
   for (int64_t row = first_row; row < end_row; ++row) {
     const T* dy_row = dy + row * p.hidden;
     const T* s_row = s + row * p.hidden;
@@ -156,7 +155,12 @@ JAX_RMSNORM_CPU_CLONES void rms_norm_bwd_rows(const BwdProblem& p, int64_t group
       const float dy_i = to_float(dy_row[i]);
       const float extra = d_new_residual != nullptr ? to_float(d_new_residual[row * p.hidden + i]) : 0.0f;
       dx_row[i] = from_float<T>(rstd * (dy_i * w[i] - n * mean_gn) + extra);
-      dweight_terms[i] = dy_i * (round_n ? to_float(from_float<T>(n)) : n);
+      if (!ROUND_N) dweight_terms[i] = dy_i * n;
+    }
+    if (ROUND_N && dweight_sum != nullptr) {  // its own loop: in the one above GCC left it scalar (4x slower)
+      for (int64_t i = 0; i < p.hidden; ++i) {
+        dweight_terms[i] = to_float(dy_row[i]) * to_float(from_float<T>(to_float(s_row[i]) * rstd));
+      }
     }
     if (dweight_sum != nullptr) {
       for (int64_t i = 0; i < p.hidden; ++i) dweight_sum[i] += dweight_terms[i];
@@ -175,6 +179,9 @@ void rms_norm_bwd_cpu(const BwdProblem& p, RunChunks&& run_chunks = {}) {
     const int64_t step = rows_per_chunk(p.rows_per_weight, p.hidden);
     const int64_t chunks = (p.rows_per_weight + step - 1) / step;  // 0 without rows: dweight stays zero
     const bool want_dweight = p.dweight != nullptr;
+    // The HF order's dweight sums dy * round_T(n): a template parameter, so that the common
+    // loop carries no select (a runtime flag in it cost the backward 4x; NOTES entry 39).
+    const bool round_n = p.round_normalized && sizeof(T) < sizeof(float);
     const int64_t group_sum_bytes = std::max<int64_t>(1, 8 * chunks * p.hidden);
     const int64_t groups_at_once = std::max<int64_t>(
         1, want_dweight ? std::min(kRowChunkSumBytes / group_sum_bytes, p.weight_rows) : p.weight_rows);
@@ -186,9 +193,9 @@ void rms_norm_bwd_cpu(const BwdProblem& p, RunChunks&& run_chunks = {}) {
         const int64_t g = task / chunks, c = task % chunks;
         const int64_t first = (first_group + g) * p.rows_per_weight;
         std::vector<float> scratch(2 * p.hidden);
-        rms_norm_bwd_rows<T, W>(p, first_group + g, first + c * step,
-                                first + std::min(p.rows_per_weight, (c + 1) * step),
-                                want_dweight ? sums.data() + task * p.hidden : nullptr, scratch.data());
+        const auto rows = round_n ? rms_norm_bwd_rows<T, W, true> : rms_norm_bwd_rows<T, W, false>;
+        rows(p, first_group + g, first + c * step, first + std::min(p.rows_per_weight, (c + 1) * step),
+             want_dweight ? sums.data() + task * p.hidden : nullptr, scratch.data());
       });
       if (!want_dweight) continue;
       run_chunks(groups, [&](int64_t g) {
