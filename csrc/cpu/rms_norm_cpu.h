@@ -140,7 +140,7 @@ JAX_RMSNORM_CPU_CLONES void rms_norm_bwd_rows(const BwdProblem& p, int64_t group
   const W* weight = static_cast<const W*>(p.weight);
   T* dx = static_cast<T*>(p.dx);
   const float* w = weight_as_float(weight != nullptr ? weight + group * p.hidden : nullptr, p.hidden, scratch);
-  float* dweight_terms = scratch + p.hidden;  // dy * n of one row, kept from the dx pass
+  float* dweight_terms = scratch + p.hidden;  // dy * n of one row (ROUND_N: dy * round_T(n))
   for (int64_t row = first_row; row < end_row; ++row) {
     const T* dy_row = dy + row * p.hidden;
     const T* s_row = s + row * p.hidden;
@@ -179,9 +179,11 @@ void rms_norm_bwd_cpu(const BwdProblem& p, RunChunks&& run_chunks = {}) {
     const int64_t step = rows_per_chunk(p.rows_per_weight, p.hidden);
     const int64_t chunks = (p.rows_per_weight + step - 1) / step;  // 0 without rows: dweight stays zero
     const bool want_dweight = p.dweight != nullptr;
-    // The HF order's dweight sums dy * round_T(n): a template parameter, so that the common
-    // loop carries no select (a runtime flag in it cost the backward 4x; NOTES entry 39).
-    const bool round_n = p.round_normalized && sizeof(T) < sizeof(float);
+    // The HF order's dweight sums dy * round_T(n): a template parameter, chosen here once, so
+    // that the common loop carries no select (a runtime flag in it cost the backward 4x;
+    // NOTES entry 39).
+    const auto bwd_rows = p.round_normalized && sizeof(T) < sizeof(float) ? rms_norm_bwd_rows<T, W, true>
+                                                                           : rms_norm_bwd_rows<T, W, false>;
     const int64_t group_sum_bytes = std::max<int64_t>(1, 8 * chunks * p.hidden);
     const int64_t groups_at_once = std::max<int64_t>(
         1, want_dweight ? std::min(kRowChunkSumBytes / group_sum_bytes, p.weight_rows) : p.weight_rows);
@@ -193,8 +195,7 @@ void rms_norm_bwd_cpu(const BwdProblem& p, RunChunks&& run_chunks = {}) {
         const int64_t g = task / chunks, c = task % chunks;
         const int64_t first = (first_group + g) * p.rows_per_weight;
         std::vector<float> scratch(2 * p.hidden);
-        const auto rows = round_n ? rms_norm_bwd_rows<T, W, true> : rms_norm_bwd_rows<T, W, false>;
-        rows(p, first_group + g, first + c * step, first + std::min(p.rows_per_weight, (c + 1) * step),
+        bwd_rows(p, first_group + g, first + c * step, first + std::min(p.rows_per_weight, (c + 1) * step),
              want_dweight ? sums.data() + task * p.hidden : nullptr, scratch.data());
       });
       if (!want_dweight) continue;
