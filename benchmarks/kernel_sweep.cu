@@ -256,7 +256,8 @@ void measure_copy() {
   const int64_t bytes = int64_t{1} << 30;
   const double us = copy_us(bytes, 1, 5);
   copy_bandwidth = 2.0 * bytes / (us * 1e-6);
-  std::printf("copy 1 GiB: %.1f us, %.3f TB/s (read + written)\n", us, copy_bandwidth / 1e12);
+  std::printf("copy 1 GiB: %.1f us, %.3f TB/s (read + written); peak DRAM bandwidth %.2f TB/s (device attributes)\n",
+              us, copy_bandwidth / 1e12, device_memory_bandwidth() / 1e12);
 }
 
 void report(const std::string& spec, const std::string& config, double us, double floor_bytes,
@@ -432,6 +433,8 @@ void run_backward(const std::string& spec, const Case& c, int reps) {
 
   const bool vector_ok = c.hidden % (16 / eb) == 0 && row_offset % 16 == 0;
   BwdLaunch l = choose_bwd_launch(c.hidden, eb, vector_ok, kMaxCluster, c.get("few", 1) ? c.rows : 0);
+  // The ring depth the library picks on this device (stages= below overrides it).
+  fit_bwd_stages_to_device(l, c.rows, bwd_ctas_per_weight_row(c.rows, c.hidden, eb), device_memory_bandwidth());
   const int64_t units = ceil_div(c.hidden, l.vec);
   // The kernel first (forced or the chooser's), then the keys that override its launch.
   if (c.get("streaming", 0)) {

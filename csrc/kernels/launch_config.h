@@ -190,7 +190,8 @@ constexpr int kBwdBlock = 256;
 // Row groups staged at once: the next group is in flight during this one's math. Two
 // stages against one (benchmarks/NOTES.md, entry 6): 94% vs 75% of copy bandwidth at
 // 65536 x 2048, 82% vs 61% at 8192 x 8192, level at 4096 x 4096, but 79% vs 85% at
-// 16384 x 4096. More than two leave too little L1.
+// 16384 x 4096. More than two leave too little L1. On devices of less than 4 TB/s, rows with
+// many row groups a CTA take one (fit_bwd_stages_to_device, below).
 constexpr int kBwdStages = 2;
 // Ring bytes per CTA: with the float weight row (at most 32 KB) two CTAs fit an SM.
 constexpr int64_t kBwdStagingBudget = 72 << 10;
@@ -335,6 +336,23 @@ inline BwdLaunch choose_bwd_register_launch(int64_t hidden, int elem_bytes, bool
   const int64_t fit = kBwdStagingBudget / bwd_stage_bytes(l, elem_bytes);
   l.stages = fit < 1 ? 1 : (fit > kBwdStages ? kBwdStages : static_cast<int>(fit));
   return l;
+}
+
+// The register kernel's ring depth on slower memory. On the H100 (3.35 TB/s peak) one stage
+// beat two when each CTA walks many row groups; kernel_sweep, bf16 (benchmarks/NOTES.md, entry
+// 41): 16384 x 4096 152.1 against 168.3 us, 32768 x 4096 288.1 against 321.9, 65536 x 2048
+// 287.1 against 320.6; at about 8 row groups a CTA (4096^2, 16384 x 1024) one stage was level
+// or slower. On the H200 (4.8 TB/s) two stages win (entry 17: 16384 x 4096 115 against 133
+// us). The depth changes no result and no buffer size, so it may follow the device:
+// `device_bandwidth` is its peak DRAM bandwidth in bytes/s (0: unknown, two stages stay).
+constexpr double kTwoStagesMinBandwidth = 4e12;
+constexpr int64_t kOneStageMinSteps = 16;
+inline void fit_bwd_stages_to_device(BwdLaunch& l, int64_t rows_per_weight, int64_t ctas_per_weight_row,
+                                     double device_bandwidth) {
+  if (l.kernel != FwdKernel::kRegisters || l.stages < 2 || ctas_per_weight_row < 1) return;
+  if (device_bandwidth <= 0 || device_bandwidth >= kTwoStagesMinBandwidth) return;
+  const int64_t groups = ceil_div(rows_per_weight, int64_t{l.block / l.threads_per_row});
+  if (ceil_div(groups, ctas_per_weight_row) >= kOneStageMinSteps) l.stages = 1;
 }
 
 // Few rows (decode), rms_norm_bwd_few_rows: one cluster per weight row holds all its rows

@@ -958,6 +958,18 @@ std::string check_staged_bwd(const BwdLaunch& l, int64_t hidden, int elem_bytes)
 
 }  // namespace
 
+double device_memory_bandwidth() {
+  static std::atomic<int64_t> cached[kMaxDevices];
+  return double(once_per_device(cached, int64_t{0}, [](int device) -> int64_t {
+    int clock_khz = 0, bus_bits = 0;
+    if (cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, device) != cudaSuccess) {
+      return 0;
+    }
+    return int64_t{2} * clock_khz * 1000 * (bus_bits / 8);
+  }));
+}
+
 // The few-rows kernel's limits, for launches given from outside (kernel_sweep); empty when
 // `l` is one it runs.
 std::string check_few_rows_bwd(const BwdLaunch& l, int64_t rows, int64_t hidden, bool vector_ok, int max_cluster) {
@@ -981,9 +993,9 @@ std::string rms_norm_bwd_cuda(const BwdProblem& p, cudaStream_t stream, const Bw
       (p.weight == nullptr ||
        aligned_to(p.weight, weight_alignment(vec, dtype_bytes(p.weight_dtype))));
   const int max_cluster = max_backward_cluster();
-  const BwdLaunch l = chosen != nullptr
-                          ? *chosen
-                          : choose_bwd_launch(p.hidden, elem_bytes, vector_ok, max_cluster, p.rows_per_weight);
+  BwdLaunch l = chosen != nullptr ? *chosen
+                                  : choose_bwd_launch(p.hidden, elem_bytes, vector_ok, max_cluster, p.rows_per_weight);
+  if (chosen == nullptr) fit_bwd_stages_to_device(l, p.rows_per_weight, p.ctas_per_weight_row, device_memory_bandwidth());
   if (l.vec != 1 && !vector_ok) return "vector launch for unaligned buffers";
   if (l.kernel == FwdKernel::kStaged || l.kernel == FwdKernel::kFewRows) {
     const std::string bad = l.kernel == FwdKernel::kStaged ? check_staged_bwd(l, p.hidden, elem_bytes)

@@ -22,4 +22,9 @@ std::string rms_norm_fwd_cuda(const FwdProblem& problem, cudaStream_t stream,
 std::string rms_norm_bwd_cuda(const BwdProblem& problem, cudaStream_t stream,
                               const BwdLaunch* chosen = nullptr);
 
+// Peak DRAM bandwidth of the current device in bytes/s (memory clock x bus width, double
+// data rate), for launch choices that follow the memory (fit_bwd_stages_to_device); 0 when
+// the device does not say.
+double device_memory_bandwidth();
+
 }  // namespace jax_rmsnorm
