@@ -192,8 +192,8 @@ def _vjp_of(op):
   return fwd_bwd
 
 
-def _backward_only(x, w, dy, rstd):
-  return primitives.rms_norm_bwd(dy, x, rstd, w, want_dweight=True)
+def _backward_only(x, w, dy, rstd, want_dweight=True):
+  return primitives.rms_norm_bwd(dy, x, rstd, w, want_dweight=want_dweight)
 
 
 # Each op: how many row-sized arrays it reads + writes (its byte floor, in x's element
@@ -218,6 +218,11 @@ OPS = {
                      ours=lambda x, dy, rstd, w: _backward_only(x, w, dy, rstd),
                      xla=lambda x, dy, rstd, w: jax.vjp(reference.rms_norm, x, w)[1](dy),
                      check=lambda out, a, w: (out[0], reference_dx64(a["x"], w, a["dy"]))),
+    # dx alone (a weight nobody differentiates, or none): not in the default sweep.
+    "backward-dx": dict(passes=3, arrays=("x", "dy", "rstd"), extra=True,
+                        ours=lambda x, dy, rstd, w: _backward_only(x, w, dy, rstd, want_dweight=False),
+                        xla=lambda x, dy, rstd, w: jax.vjp(lambda x: reference.rms_norm(x, w), x)[1](dy),
+                        check=lambda out, a, w: (out[0], reference_dx64(a["x"], w, a["dy"]))),
     # Forward and backward together, as a training step runs them.
     "fwd+bwd": dict(passes=5, arrays=("x", "dy"),
                     ours=lambda x, dy, w: _vjp_of(jax_rmsnorm.rms_norm)(x, w, dy),
@@ -304,7 +309,8 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="a few small shapes")
   parser.add_argument("--dtypes", default="bfloat16", help="comma-separated: bfloat16,float16,float32")
-  parser.add_argument("--ops", default=",".join(OPS), help="comma-separated: " + ",".join(OPS))
+  parser.add_argument("--ops", default=",".join(op for op in OPS if not OPS[op].get("extra")),
+                      help="comma-separated: " + ",".join(OPS))
   parser.add_argument("--calls", type=int, default=30, help="timed calls per measurement")
   parser.add_argument("--shapes", help="comma-separated ROWSxHIDDEN, instead of the sweep's")
   parser.add_argument("--json", help="write the results here (and a plot beside it, if matplotlib is there)")

@@ -29,6 +29,8 @@ NB_MODULE(_jax_rmsnorm, m) {
   // kernel uses, so the primitive's abstract evaluation asks for it here.
   m.def("bwd_ctas_per_weight_row", &jax_rmsnorm::bwd_ctas_per_weight_row, nb::arg("rows_per_weight"),
         nb::arg("hidden"), nb::arg("elem_bytes"));
+  m.def("bwd_exchanges_in_partials", &jax_rmsnorm::bwd_exchanges_in_partials, nb::arg("hidden"),
+        nb::arg("elem_bytes"));
   m.def("cuda_targets", []() {
     nb::dict targets;
 #ifdef JAX_RMSNORM_WITH_CUDA

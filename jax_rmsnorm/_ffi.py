@@ -29,6 +29,9 @@ BWD_TARGET_V2 = "jax_rmsnorm_bwd_v2"
 #: How many CTAs (float32 dweight partial rows) the backward uses per weight row;
 #: shared with the kernels' launch heuristic (csrc/kernels/launch_config.h).
 bwd_ctas_per_weight_row = _jax_rmsnorm.bwd_ctas_per_weight_row
+#: Whether a backward without dweight still takes the partial buffer (the row-tile
+#: kernel's exchange scratch), from the row length and element size alone.
+bwd_exchanges_in_partials = _jax_rmsnorm.bwd_exchanges_in_partials
 
 _CPU_TARGETS = _jax_rmsnorm.cpu_targets()
 _CUDA_TARGETS = _jax_rmsnorm.cuda_targets()

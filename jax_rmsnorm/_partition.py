@@ -64,7 +64,7 @@ def with_sharding_rule(lowering, manual_lowering, roles):
   device, or with a Shardy rule that says how the call's operands and results share dims
   when XLA will partition it; `manual_lowering` (the same handler under a name with no
   partitioner, which XLA would refuse inside a manual region) in `shard_map` bodies.
-  `roles(params)` names what each operand and result is (see `_x_dims`)."""
+  `roles(params, num_results)` names what each operand and result is (see `_x_dims`)."""
 
   def lower(ctx, *operands, **params):
     axis_context = ctx.module_context.axis_context
@@ -72,7 +72,7 @@ def with_sharding_rule(lowering, manual_lowering, roles):
       return lowering(ctx, *operands, **params)
     if _manual(axis_context):
       return manual_lowering(ctx, *operands, **params)
-    in_roles, out_roles = roles(params)
+    in_roles, out_roles = roles(params, len(ctx.avals_out))
     rank = ctx.avals_in[0].ndim
     weight_lead = _weight_lead([a.shape for a in ctx.avals_in], in_roles)
     names = lambda rs: ", ".join(_factors(r, rank, weight_lead) for r in rs)
@@ -85,16 +85,19 @@ def with_sharding_rule(lowering, manual_lowering, roles):
   return lower
 
 
-def fwd_roles(params):
+def fwd_roles(params, num_results):
   """``x, [residual], [weight] -> y, [new_residual], [rstd]``."""
+  del num_results
   return (["x"] + ["x"] * params["has_residual"] + ["weight"] * params["has_weight"],
           ["x"] + ["x"] * params["has_residual"] + ["row"] * params["save_rstd"])
 
 
-def bwd_roles(params):
-  """``dy, s, rstd, [weight], [d_new_residual] -> dx, [dweight, partials]``."""
+def bwd_roles(params, num_results):
+  """``dy, s, rstd, [weight], [d_new_residual] -> dx, [dweight], [partials]``: the partials
+  come with dweight, and without it as the row tiles' scratch (a second result)."""
+  want_dweight = params["want_dweight"]
   return (["x", "x", "row"] + ["weight"] * params["has_weight"] + ["x"] * params["has_residual_grad"],
-          ["x"] + ["weight", "partials"] * params["want_dweight"])
+          ["x"] + ["weight"] * want_dweight + ["partials"] * (want_dweight or num_results == 2))
 
 
 def _weight_lead(shapes, in_roles):
@@ -251,9 +254,9 @@ class _Call:
 
   def __init__(self, arg_shapes, arg_shardings, result_shape, roles, backend, x_index, whole=False):
     self.params = _params(backend)
-    self.in_roles, self.out_roles = roles(self.params)
     self.args = _shapes_of(arg_shapes)
     self.results = _shapes_of(result_shape.tuple_shapes() if result_shape.is_tuple() else [result_shape])
+    self.in_roles, self.out_roles = roles(self.params, len(self.results))
     self.result_shape = result_shape
     self.x_shape = self.args[x_index][0]
     self.rank = len(self.x_shape)
@@ -362,11 +365,13 @@ def _bwd_partition(platform, arg_shapes, arg_shardings, result_shape, result_sha
           dy, s, rstd, weight, d_new, want_dweight=want_dweight, round_normalized=round_normalized,
           hidden=call.hidden,
           hidden_sum=lambda a: _group_sum(jnp.sum(a, axis=-1, keepdims=True), hidden_groups))
-    if not want_dweight:
-      return [dx]
-    dweight = _group_sum(dweight, row_groups).astype(weight.dtype)
-    partials_shape, _ = call.results[2]
-    return [dx, dweight, jnp.zeros(partials_shape, jnp.float32)]  # scratch: never read
+    if want_dweight:
+      dweight = [_group_sum(dweight, row_groups).astype(weight.dtype)]
+    else:
+      dweight = []
+    # The partials, when the call has them, are scratch: never read.
+    partials = [jnp.zeros(shape, jnp.float32) for shape, _ in call.results[1 + len(dweight):]]
+    return [dx] + dweight + partials
 
   return call.module(local, platform)
 

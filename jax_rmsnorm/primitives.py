@@ -9,9 +9,10 @@ given ``s`` (x or new_residual), ``rstd`` and ``weight``. Evaluating it (forward
 ``jax.jvp``, ``jax.jacfwd``) runs plain jnp; transposing it (reverse mode: ``grad``,
 ``vjp``) binds ``rms_norm_bwd_p``.
 
-``rms_norm_bwd_p``: ``dy, s, rstd, [weight], [d_new_residual] -> dx, [dweight, partials]``.
+``rms_norm_bwd_p``: ``dy, s, rstd, [weight], [d_new_residual] -> dx, [dweight], [partials]``.
 Lowers to the FFI call ``BWD_TARGET`` (``BWD_TARGET_V2`` for the HF order's dweight); ``partials`` is the float32 scratch in which the
 kernel reduces ``dweight`` deterministically (XLA allocates it, so the handler never does).
+Without dweight the longest rows take it too: the row-tile kernel exchanges its rows' sums there.
 
 Second derivatives (``jax.hessian``, grad of grad, forward over forward) differentiate the
 tangent and backward primitives through their jnp twins (``_tangent_jnp``,
@@ -99,6 +100,15 @@ def _dweight_partials_shape(s_shape, weight_shape, dtype):
   rows_per_weight = rows // weight_rows if weight_rows else 0
   ctas = _ffi.bwd_ctas_per_weight_row(rows_per_weight, hidden, jnp.dtype(dtype).itemsize)
   return lead + (ctas, hidden)
+
+
+def _bwd_scratch_partials(s_shape, dtype, want_dweight):
+  """Whether a backward without dweight takes the partials anyway: the row-tile kernel
+  (the longest rows) exchanges its rows' sums in them. From the row length alone, so the
+  answer outlives vmap and row sharding."""
+  hidden = s_shape[-1] if s_shape else 0
+  return (not want_dweight and _concrete(s_shape)
+          and _ffi.bwd_exchanges_in_partials(hidden, jnp.dtype(dtype).itemsize))
 
 
 def _move_batch_axis(a, dim, axis, size):
@@ -389,8 +399,7 @@ def _bwd_jvp(primals, tangents, *, has_weight, has_residual_grad, want_dweight, 
 
   _, tangent_outs = _jvp_through(twin, primals, tangents)
   tangent_outs = list(tangent_outs)
-  if want_dweight:
-    tangent_outs.append(ad.Zero(jax.typeof(outs[2]).to_tangent_aval()))
+  tangent_outs += [ad.Zero(jax.typeof(partials).to_tangent_aval()) for partials in outs[len(tangent_outs):]]
   return outs, tangent_outs
 
 
@@ -398,11 +407,15 @@ def _bwd_abstract_eval(dy, s, rstd, *operands, has_weight, has_residual_grad, wa
                        round_normalized):
   del dy, rstd, has_residual_grad, round_normalized
   outs = [_derived(s, s.shape, s.dtype)]
+  weight = operands[0] if has_weight else None
   if want_dweight:
-    weight = operands[0] if has_weight else None
     outs.append(_derived(weight, weight.shape, weight.dtype))
-    partials = _dweight_partials_shape(s.shape, weight.shape, s.dtype)
-    outs.append(_derived(weight, partials, jnp.float32, [*range(weight.ndim - 1), None, None]))
+  if want_dweight or _bwd_scratch_partials(s.shape, s.dtype, want_dweight):
+    if weight is None:  # one weight row: no lead dims
+      outs.append(_derived(s, _dweight_partials_shape(s.shape, s.shape[-1:], s.dtype), jnp.float32, [None, None]))
+    else:
+      partials = _dweight_partials_shape(s.shape, weight.shape, s.dtype)
+      outs.append(_derived(weight, partials, jnp.float32, [*range(weight.ndim - 1), None, None]))
   return outs
 
 
@@ -435,13 +448,17 @@ def _bwd_batch(operands, dims, *, has_weight, has_residual_grad, want_dweight, r
     # _tangent_transpose takes for symbolic shapes. The partials are scratch nobody reads.
     dx, dweight = backward_jnp(dy, s, rstd, weight, d_new, want_dweight=want_dweight,
                                round_normalized=round_normalized)
-    if not want_dweight:
-      return [dx], [axis]
-    return [dx, dweight.astype(weight.dtype), jnp.zeros((), jnp.float32)], [axis, 0, None]
+    outs = [dx] + ([dweight.astype(weight.dtype)] if want_dweight else [])
+    if want_dweight or _bwd_scratch_partials(s.shape[-1:], s.dtype, want_dweight):
+      outs.append(jnp.zeros((), jnp.float32))
+    return outs, [axis] + [0] * want_dweight + [None] * (len(outs) - 1 - want_dweight)
   outs = rms_norm_bwd_p.bind(*_present(dy, s, rstd, weight, d_new), has_weight=has_weight,
                              has_residual_grad=has_residual_grad, want_dweight=want_dweight,
                              round_normalized=round_normalized)
-  return outs, [axis] + [0] * (len(outs) - 1)
+  # The partials follow the weight's lead dims: batched at 0 when the weight is (always
+  # with dweight), else not at all (the scratch of one shared weight).
+  weight_batched = want_dweight or (weight_d is not None)
+  return outs, [axis] + [0] * want_dweight + [0 if weight_batched else None] * (len(outs) - 1 - want_dweight)
 
 
 # ---------------------------------------------------------------------------- registration

@@ -186,6 +186,72 @@ def test_long_rows_with_weight_groups(device, rng, hidden, x_dtype, w_dtype, row
   check_weight_groups(device, rng, 3, rows, hidden, x_dtype, w_dtype)
 
 
+def check_dx_only(device, rng, shape, x_dtype, weight, residual, vmapped=None):
+  """Gradients of x (and residual) alone: no dweight, so no partials for dweight; the
+  row-tile kernel still gets them as its exchange scratch. `weight`: None, or "fixed" (a
+  weight nobody differentiates). `vmapped`: None, "x" (examples share the weight) or
+  "both" (one weight row per example)."""
+  batch = (2,) if vmapped else ()
+  x = random_array(rng, batch + shape, x_dtype, scale=2.0, mean=0.5)
+  r = random_array(rng, batch + shape, x_dtype) if residual else None
+  w_shape = (batch if vmapped == "both" else ()) + shape[-1:]
+  w = None if weight is None else random_array(rng, w_shape, jnp.float32, scale=0.5, mean=1.0)
+  ct_y = random_array(rng, batch + shape, x_dtype)
+
+  def grads(x, r, w, ct_y):
+    if residual:
+      op = lambda x, r: jax_rmsnorm.rms_norm_residual(x, r, w)
+      _, vjp = jax.vjp(op, x, r)
+      return vjp((ct_y, jnp.zeros_like(ct_y)))[0]
+    _, vjp = jax.vjp(lambda x: jax_rmsnorm.rms_norm(x, w), x)
+    return vjp(ct_y)[0]
+
+  if vmapped:
+    fn = jax.vmap(grads, in_axes=(0, 0 if residual else None, 0 if vmapped == "both" else None, 0))
+  else:
+    fn = grads
+  poison(device, 3 * x.nbytes)
+  dx = np.asarray(jax.jit(fn)(*on_device(device, x, r, w, ct_y)))
+  for b in range(batch[0] if batch else 1):
+    pick = (lambda a: a[b]) if batch else (lambda a: a)
+    w_b = None if w is None else (pick(w) if vmapped == "both" else w)
+    (ds_ref, _), (ds_scale, _) = reference_grads64(pick(x), None if r is None else pick(r), w_b, pick(ct_y))
+    assert_close(pick(dx), ds_ref, x_dtype, f"dx[{b}]", rng.seed, atol=grad_atol(ds_ref, x_dtype, ds_scale))
+
+
+@pytest.mark.parametrize("shape,x_dtype,weight,residual,vmapped", [
+    ((3, 262144), jnp.float32, None, False, None),
+    ((5, 262144), jnp.float32, "fixed", True, None),
+    ((2, 524288), jnp.bfloat16, "fixed", False, None),
+    ((3, 262144), jnp.float32, "fixed", False, "x"),
+    ((2, 262144), jnp.float32, "fixed", True, "both"),
+    ((4, 4096), jnp.bfloat16, "fixed", False, "both"),
+], ids=["f32-no-weight", "f32-residual", "bf16-524288", "f32-vmap-x", "f32-vmap-both", "bf16-4096-vmap"])
+def test_dx_only(device, rng, shape, x_dtype, weight, residual, vmapped):
+  """Rows the row-tile kernel takes on the GPU (float32 past 131072, bf16 past 262144),
+  whose dx-only backward used to stream (14x slower), and a short row that needs no
+  scratch; under vmap the scratch follows the weight's batch."""
+  check_dx_only(device, rng, shape, x_dtype, weight, residual, vmapped)
+
+
+@pytest.mark.parametrize("hidden,itemsize,expected", [
+    (262144, 4, True), (131072, 4, False), (524288, 2, True), (262144, 2, False), (4096, 2, False),
+    (131076, 4, True)])
+def test_dx_only_scratch_partials(hidden, itemsize, expected):
+  """Which backwards without dweight take the partials (device-independent), and that the
+  lowered call then has them as a second result."""
+  from jax_rmsnorm import _ffi
+  assert _ffi.bwd_exchanges_in_partials(hidden, itemsize) == expected
+  dtype = jnp.float32 if itemsize == 4 else jnp.bfloat16
+  x = jax.ShapeDtypeStruct((2, hidden), dtype)
+  w = jax.ShapeDtypeStruct((hidden,), jnp.float32)
+  dx = lambda x, w: jax.grad(lambda x: jnp.sum(jax_rmsnorm.rms_norm(x, w).astype(jnp.float32)))(x)
+  text = jax.jit(dx).lower(x, w).as_text()
+  calls = [line for line in text.splitlines() if "stablehlo.custom_call @jax_rmsnorm_bwd_v1" in line]
+  assert len(calls) == 1, text
+  assert (":2 = stablehlo.custom_call" in calls[0]) == expected, calls[0]
+
+
 @pytest.mark.parametrize("hidden", [4096, 2048, 136])
 @pytest.mark.parametrize("x_dtype,w_dtype", [(jnp.bfloat16, jnp.float32), (jnp.float32, jnp.float32),
                                              (jnp.float16, jnp.bfloat16)], ids=["bf16", "f32", "f16-bf16"])

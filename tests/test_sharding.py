@@ -22,7 +22,7 @@ def run_program(env):
                         text=True, timeout=600)
   assert done.returncode == 0, f"seed {seed}\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
   lines = done.stdout.splitlines()
-  assert sum(line.startswith("ok ") for line in lines) == 26, done.stdout
+  assert sum(line.startswith("ok ") for line in lines) == 27, done.stdout
 
 
 @pytest.mark.parametrize("count", [8, 2])

@@ -158,8 +158,12 @@ inline ffi::Error decode_bwd_call(ffi::RemainingArgs args, ffi::RemainingRets re
                                   int64_t ctas_per_weight_row, BwdProblem& p,
                                   bool round_normalized = false) {
   const size_t want_args = 3 + size_t(has_weight) + size_t(has_residual_grad);
+  // Without dweight the partials may still come, as the row-tile kernel's exchange
+  // scratch (bwd_exchanges_in_partials); calls lowered before they did have dx alone.
   const size_t want_rets = 1 + 2 * size_t(want_dweight);
-  if (args.size() != want_args || rets.size() != want_rets || (want_dweight && !has_weight)) {
+  const bool scratch_partials = !want_dweight && rets.size() == 2;
+  if (args.size() != want_args || (rets.size() != want_rets && !scratch_partials) ||
+      (want_dweight && !has_weight)) {
     return invalid("backward: expected " + std::to_string(want_args) + " operands and " +
                    std::to_string(want_rets) + " results, got " + std::to_string(args.size()) +
                    " and " + std::to_string(rets.size()));
@@ -204,16 +208,20 @@ inline ffi::Error decode_bwd_call(ffi::RemainingArgs args, ffi::RemainingRets re
   p.dx = dx->untyped_data();
   if (want_dweight) {
     ffi::Result<ffi::AnyBuffer> dweight = rets.get<ffi::AnyBuffer>(ret++).value();
-    ffi::Result<ffi::AnyBuffer> partials = rets.get<ffi::AnyBuffer>(ret++).value();
     if (!same_shape(*dweight, *weight) || dweight->element_type() != weight->element_type()) {
       return invalid("backward: dweight must have the shape and dtype of weight");
     }
-    const auto wdims = weight->dimensions(), pdims = partials->dimensions();
-    bool ok = partials->element_type() == ffi::DataType::F32 && pdims.size() == wdims.size() + 1 &&
-              pdims[pdims.size() - 2] == ctas_per_weight_row && pdims.back() == p.hidden;
-    for (size_t i = 0; ok && i + 1 < wdims.size(); ++i) ok = pdims[i] == wdims[i];
-    if (!ok) return invalid("backward: dweight_partials must be float32 [*lead, ctas_per_weight_row, hidden]");
     p.dweight = dweight->untyped_data();
+  }
+  if (want_dweight || scratch_partials) {
+    ffi::Result<ffi::AnyBuffer> partials = rets.get<ffi::AnyBuffer>(ret++).value();
+    // [*weight lead, ctas_per_weight_row, hidden]; no weight: no lead.
+    const auto pdims = partials->dimensions();
+    const size_t lead = has_weight ? weight->dimensions().size() - 1 : 0;
+    bool ok = partials->element_type() == ffi::DataType::F32 && pdims.size() == lead + 2 &&
+              pdims[lead] == ctas_per_weight_row && pdims.back() == p.hidden;
+    for (size_t i = 0; ok && i < lead; ++i) ok = pdims[i] == weight->dimensions()[i];
+    if (!ok) return invalid("backward: dweight_partials must be float32 [*lead, ctas_per_weight_row, hidden]");
     p.dweight_partials = static_cast<float*>(partials->untyped_data());
   }
   return ffi::Error::Success();

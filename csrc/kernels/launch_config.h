@@ -120,7 +120,10 @@ inline FwdLaunch choose_fwd_launch(int64_t rows, int64_t hidden, int elem_bytes,
       return l;
     }
   }
-  const int target = small ? 1 : kTargetChunks;
+  // float32 rows (the forward without the residual): two accesses a thread with twice the
+  // threads measured 0.3-2.5% faster than four on the H100 (kernel_sweep, benchmarks/NOTES.md
+  // entry 42; through JAX, entry 43: 4096^2 46.1 against 47.2 us, 16384 x 1024 45.9 against 46.6).
+  const int target = small ? 1 : (elem_bytes == 4 && vector_ok && !fused ? kTargetChunks / 2 : kTargetChunks);
   l.threads_per_row = next_pow2(ceil_div(units, target));
   if (l.threads_per_row > kRegistersBlock) l.threads_per_row = kRegistersBlock;
   const int64_t chunks = ceil_div(units, l.threads_per_row);
@@ -470,6 +473,16 @@ inline int64_t bwd_ctas_per_weight_row(int64_t rows_per_weight, int64_t hidden, 
   if (ctas > 2 * kSmCount / l.cluster) ctas = 2 * kSmCount / l.cluster;
   if (ctas < kSmCount / l.cluster) ctas = kSmCount / l.cluster;
   return row_groups < ctas ? row_groups : ctas;
+}
+
+// Whether a backward that wants no dweight still takes the partial buffer: the row-tile
+// kernel exchanges its rows' sums there (without it those rows stream, about 14x slower:
+// benchmarks/NOTES.md entry 43). From the row length alone, so the primitive keeps its
+// results under vmap and row sharding, which change the row count; device-independent
+// like the buffer's size.
+inline bool bwd_exchanges_in_partials(int64_t hidden, int elem_bytes) {
+  if (hidden <= 0) return false;
+  return choose_bwd_launch(hidden, elem_bytes, hidden % (16 / elem_bytes) == 0).kernel == FwdKernel::kRowTiles;
 }
 
 }  // namespace jax_rmsnorm

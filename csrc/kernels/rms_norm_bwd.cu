@@ -416,6 +416,7 @@ __global__ void __launch_bounds__(kBwdBlock, 2)
       row_step(step, even, odd);
       if (step + 1 < steps) row_step(step + 1, odd, even);
     }
+    if (p.dweight == nullptr) continue;  // the partials are only the exchange's scratch
     float* partial = p.dweight_partials + (group * p.ctas_per_weight_row + lane) * p.hidden;
 #pragma unroll
     for (int c = 0; c < CHUNKS; ++c) {
@@ -754,7 +755,8 @@ __global__ void __launch_bounds__(kMaxBlock) rms_norm_bwd_streaming(BwdProblem p
   const T* dy_all = static_cast<const T*>(p.dy);
   const T* s_all = static_cast<const T*>(p.s);
   const T* d_new_residual = static_cast<const T*>(p.d_new_residual);
-  float* partial = p.dweight_partials == nullptr ? nullptr : p.dweight_partials + blockIdx.x * p.hidden;
+  // Without dweight the partials, if any, are the row tiles' scratch (when this is their fallback).
+  float* partial = p.dweight == nullptr ? nullptr : p.dweight_partials + blockIdx.x * p.hidden;
   const int64_t step = int64_t(blockDim.x) * VEC;
   bool first_row = true;
   for (int64_t group_row = cta.cta; group_row < p.rows_per_weight; group_row += p.ctas_per_weight_row) {
@@ -981,9 +983,10 @@ std::string check_few_rows_bwd(const BwdLaunch& l, int64_t rows, int64_t hidden,
   return {};
 }
 
-std::string rms_norm_bwd_cuda(const BwdProblem& p, cudaStream_t stream, const BwdLaunch* chosen) {
+std::string rms_norm_bwd_cuda(const BwdProblem& problem, cudaStream_t stream, const BwdLaunch* chosen) {
   // No rows still writes dweight (zeros, through zero partials); no columns writes nothing.
-  if (p.hidden == 0 || p.weight_rows == 0) return {};
+  if (problem.hidden == 0 || problem.weight_rows == 0) return {};
+  BwdProblem p = problem;
   const int elem_bytes = dtype_bytes(p.x_dtype);
   const int vec = 16 / elem_bytes;
   const bool vector_ok =
@@ -997,6 +1000,9 @@ std::string rms_norm_bwd_cuda(const BwdProblem& p, cudaStream_t stream, const Bw
                                   : choose_bwd_launch(p.hidden, elem_bytes, vector_ok, max_cluster, p.rows_per_weight);
   if (chosen == nullptr) fit_bwd_stages_to_device(l, p.rows_per_weight, p.ctas_per_weight_row, device_memory_bandwidth());
   if (l.vec != 1 && !vector_ok) return "vector launch for unaligned buffers";
+  // Without dweight only the row tiles use the partials (their exchange): the other
+  // kernels would write partial rows nobody reads.
+  if (p.dweight == nullptr && l.kernel != FwdKernel::kRowTiles) p.dweight_partials = nullptr;
   if (l.kernel == FwdKernel::kStaged || l.kernel == FwdKernel::kFewRows) {
     const std::string bad = l.kernel == FwdKernel::kStaged ? check_staged_bwd(l, p.hidden, elem_bytes)
                                                            : check_few_rows_bwd(l, p.rows_per_weight, p.hidden, vector_ok, max_cluster);
