@@ -234,6 +234,18 @@ def test_dx_only(device, rng, shape, x_dtype, weight, residual, vmapped):
   check_dx_only(device, rng, shape, x_dtype, weight, residual, vmapped)
 
 
+def test_dx_only_hessian_vector_product(device, rng):
+  """Forward over the dx-only backward of long rows (its scratch partials get a zero
+  tangent), against the float32 jnp reference's."""
+  x = random_array(rng, (2, 262144), jnp.float32)
+  v = random_array(rng, (2, 262144), jnp.float32)
+  w = random_array(rng, (262144,), jnp.float32, mean=1.0)
+  hvp = lambda op: (lambda x, v: jax.jvp(jax.grad(lambda x: jnp.sum(op(x, w) ** 2)), (x,), (v,))[1])
+  got = jax.jit(hvp(jax_rmsnorm.rms_norm))(*on_device(device, x, v))
+  want = hvp(jax_rmsnorm.reference.rms_norm)(x, v)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4 * float(np.max(np.abs(want))))
+
+
 @pytest.mark.parametrize("hidden,itemsize,expected", [
     (262144, 4, True), (131072, 4, False), (524288, 2, True), (262144, 2, False), (4096, 2, False),
     (131076, 4, True)])
