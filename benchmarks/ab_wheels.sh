@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A/B of two wheels in one device call: HEAD's (wheelhouse_head/) against the change's
 # (wheelhouse/), same machine, same run. Usage (repo root):
-#   A_BENCH="--ops forward --dtypes float32" B_TESTS="tests/test_forward.py" bash benchmarks/ab_wheels.sh
-# Each BENCH_SETS entry (separated by ';') is one bench.py argument list, run on both wheels.
+#   BENCH_SETS="--ops forward --dtypes float32;--ops backward" B_TESTS="tests/test_forward.py" bash benchmarks/ab_wheels.sh
+# Each BENCH_SETS entry (separated by ';') is one bench.py argument list, run on both wheels
+# (CALLS: timed calls, 15); B_TESTS run on the change's wheel, selected by B_K ("not cpu").
 set -uo pipefail
 export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
 OUT=${OUT:-/tmp/jax_rmsnorm_out}

@@ -102,13 +102,12 @@ def _dweight_partials_shape(s_shape, weight_shape, dtype):
   return lead + (ctas, hidden)
 
 
-def _bwd_scratch_partials(s_shape, dtype, want_dweight):
-  """Whether a backward without dweight takes the partials anyway: the row-tile kernel
-  (the longest rows) exchanges its rows' sums in them. From the row length alone, so the
-  answer outlives vmap and row sharding."""
+def _bwd_has_partials(s_shape, dtype, want_dweight):
+  """Whether the backward has the partials result: with dweight always; without it where
+  the row-tile kernel (the longest rows) exchanges its rows' sums in them, from the row
+  length alone, so the answer outlives vmap and row sharding."""
   hidden = s_shape[-1] if s_shape else 0
-  return (not want_dweight and _concrete(s_shape)
-          and _ffi.bwd_exchanges_in_partials(hidden, jnp.dtype(dtype).itemsize))
+  return want_dweight or (_concrete(s_shape) and _ffi.bwd_exchanges_in_partials(hidden, jnp.dtype(dtype).itemsize))
 
 
 def _move_batch_axis(a, dim, axis, size):
@@ -410,12 +409,11 @@ def _bwd_abstract_eval(dy, s, rstd, *operands, has_weight, has_residual_grad, wa
   weight = operands[0] if has_weight else None
   if want_dweight:
     outs.append(_derived(weight, weight.shape, weight.dtype))
-  if want_dweight or _bwd_scratch_partials(s.shape, s.dtype, want_dweight):
-    if weight is None:  # one weight row: no lead dims
-      outs.append(_derived(s, _dweight_partials_shape(s.shape, s.shape[-1:], s.dtype), jnp.float32, [None, None]))
-    else:
-      partials = _dweight_partials_shape(s.shape, weight.shape, s.dtype)
-      outs.append(_derived(weight, partials, jnp.float32, [*range(weight.ndim - 1), None, None]))
+  if _bwd_has_partials(s.shape, s.dtype, want_dweight):
+    # [*weight lead, ctas, hidden], sharded like the weight's lead; no weight: one weight row.
+    ref, weight_shape = (s, s.shape[-1:]) if weight is None else (weight, weight.shape)
+    partials = _dweight_partials_shape(s.shape, weight_shape, s.dtype)
+    outs.append(_derived(ref, partials, jnp.float32, [*range(len(weight_shape) - 1), None, None]))
   return outs
 
 
@@ -449,7 +447,8 @@ def _bwd_batch(operands, dims, *, has_weight, has_residual_grad, want_dweight, r
     dx, dweight = backward_jnp(dy, s, rstd, weight, d_new, want_dweight=want_dweight,
                                round_normalized=round_normalized)
     outs = [dx] + ([dweight.astype(weight.dtype)] if want_dweight else [])
-    if want_dweight or _bwd_scratch_partials(s.shape[-1:], s.dtype, want_dweight):
+    # The unbatched call's shapes were concrete: its answer follows from the row length.
+    if _bwd_has_partials(s.shape[-1:], s.dtype, want_dweight):
       outs.append(jnp.zeros((), jnp.float32))
     return outs, [axis] + [0] * want_dweight + [None] * (len(outs) - 1 - want_dweight)
   outs = rms_norm_bwd_p.bind(*_present(dy, s, rstd, weight, d_new), has_weight=has_weight,
