@@ -13,7 +13,8 @@
 // (its stages, wshared=0: the weight from global memory, clusters: the persistent grid, 0 =
 // as many as are resident) (and the options f32y=1: y in float32, bf16y=1 / f16y=1: y in
 // bf16 / f16 from f32 x, hf=1: the HF order); bwd tpr, chunks, block, cluster, stages,
-// ctas, streaming=1, tiles=1 (the row-tile kernel), staged=1 (its stages; ctas: partial
+// ctas, streaming=1, tiles=1 (the row-tile kernel), gtiles=1 (the staged kernel over column
+// tiles of a cooperative grid: the chooser's beyond a cluster), staged=1 (its stages; ctas: partial
 // rows, the clusters at most), registers=1 (the chooser without the staged kernel; ctas
 // stays the chooser's count, 528 where it takes the staged kernel's 128-thread CTAs: give
 // ctas=264 for the register kernel's own), few=0 (the chooser without the few-rows kernel;
@@ -444,6 +445,7 @@ void run_backward(const std::string& spec, const Case& c, int reps) {
   }
   if (c.get("tiles", 0)) use_row_tiles(l, units);  // rows a cluster would take
   if (c.get("staged", 0)) use_staged_bwd(l, units, kMaxCluster);
+  if (c.get("gtiles", 0)) use_staged_tiles(l, units);  // the staged kernel over grid tiles
   if (c.get("registers", 0)) l = choose_bwd_register_launch(c.hidden, eb, l.vec > 1, kMaxCluster);
   l.threads_per_row = int(c.get("tpr", l.threads_per_row));
   l.chunks = int(c.get("chunks", l.chunks));
@@ -458,7 +460,9 @@ void run_backward(const std::string& spec, const Case& c, int reps) {
   }
   int64_t default_ctas = bwd_ctas_per_weight_row(c.rows, c.hidden, eb);
   if (l.kernel == FwdKernel::kRowTiles) default_ctas = bwd_row_tile_partials(c.rows, l.tiles);
-  if (l.kernel == FwdKernel::kStaged) default_ctas = bwd_staged_partials(c.rows, l);
+  if (l.kernel == FwdKernel::kStaged) {
+    default_ctas = l.tiles > 1 ? bwd_staged_tile_partials(c.rows, l.tiles) : bwd_staged_partials(c.rows, l);
+  }
   const int64_t ctas = c.get("ctas", default_ctas);
 
   const int sets = sets_for(double(n) * eb * 3);

@@ -285,6 +285,21 @@ inline void use_row_tiles(BwdLaunch& l, int64_t units) {
   l.chunks = bwd_row_tile_chunks(l.vec);
   l.tiles = static_cast<int>(bwd_row_tiles(units, l.vec));
 }
+// The staged backward over column tiles (rows beyond a cluster): its 512-thread CTAs of 4
+// accesses a thread, one a SM, `tiles` a row, meeting in global memory; lanes = partial
+// rows - 1, as the row tiles' (fewer where the weight rows do not all fit one wave).
+inline void use_staged_tiles(BwdLaunch& l, int64_t units) {
+  l.kernel = FwdKernel::kStaged;
+  l.block = l.threads_per_row = kRegistersBlock;
+  l.chunks = kBwdStagedChunks;
+  l.stages = kBwdStagedStages;
+  l.cluster = 1;
+  l.tiles = static_cast<int>(ceil_div(units, int64_t{kRegistersBlock} * kBwdStagedChunks));
+}
+inline int64_t bwd_staged_tile_partials(int64_t rows_per_weight, int tiles) {
+  const int64_t lanes = kSmCount / tiles;
+  return (rows_per_weight < lanes ? rows_per_weight : lanes) + 1;
+}
 // Partial rows per weight row of a row-tile launch: one per lane (at most the rows there
 // are, and as many as the resident CTAs hold), plus one in which the CTAs exchange their
 // row sums.
@@ -427,6 +442,14 @@ inline BwdLaunch choose_bwd_launch(int64_t hidden, int elem_bytes, bool vector_o
       use_staged_bwd(l, units, max_cluster, kBwdStagedMidBlock)) {
     return l;
   }
+  // Rows beyond a cluster of staged CTAs (float32 past 131072, bf16 past 262144), up to one
+  // wave of 512-thread tiles: the staged kernel over column tiles of the grid (kernel_sweep,
+  // benchmarks/NOTES.md entry 44: 1.14-1.40x the row tiles on the H100).
+  if (vector_ok && max_cluster > 1 && units >= kBwdStagedMinUnits &&
+      ceil_div(units, int64_t{kRegistersBlock} * kBwdStagedChunks) <= kSmCount) {
+    use_staged_tiles(l, units);
+    return l;
+  }
   return choose_bwd_register_launch(hidden, elem_bytes, vector_ok, max_cluster);
 }
 
@@ -465,7 +488,9 @@ inline int64_t bwd_ctas_per_weight_row(int64_t rows_per_weight, int64_t hidden, 
   const BwdLaunch l = choose_bwd_launch(hidden, elem_bytes, hidden % (16 / elem_bytes) == 0, kMaxCluster,
                                         rows_per_weight > kFewRowsMax ? rows_per_weight : 0);
   if (l.kernel == FwdKernel::kRowTiles) return bwd_row_tile_partials(rows_per_weight, l.tiles);
-  if (l.kernel == FwdKernel::kStaged) return bwd_staged_partials(rows_per_weight, l);
+  if (l.kernel == FwdKernel::kStaged) {
+    return l.tiles > 1 ? bwd_staged_tile_partials(rows_per_weight, l.tiles) : bwd_staged_partials(rows_per_weight, l);
+  }
   const int64_t row_groups = ceil_div(rows_per_weight, l.block / l.threads_per_row);
   // Two register-kernel CTAs are resident per SM: a grid of 2 x SMs runs in one wave.
   // With clusters, a "CTA" here is a cluster (one partial row).
@@ -482,7 +507,8 @@ inline int64_t bwd_ctas_per_weight_row(int64_t rows_per_weight, int64_t hidden, 
 // like the buffer's size.
 inline bool bwd_exchanges_in_partials(int64_t hidden, int elem_bytes) {
   if (hidden <= 0) return false;
-  return choose_bwd_launch(hidden, elem_bytes, hidden % (16 / elem_bytes) == 0).kernel == FwdKernel::kRowTiles;
+  const BwdLaunch l = choose_bwd_launch(hidden, elem_bytes, hidden % (16 / elem_bytes) == 0);
+  return l.kernel == FwdKernel::kRowTiles || (l.kernel == FwdKernel::kStaged && l.tiles > 1);
 }
 
 }  // namespace jax_rmsnorm

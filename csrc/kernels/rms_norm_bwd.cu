@@ -434,6 +434,11 @@ struct BwdStagedMap {
   int stages = 3;                  // the ring: the row being written, the next, the rest in flight
   int64_t clusters_per_group = 1;  // persistent clusters per weight row (one partial row each)
   float inv_hidden = 0.f;
+  // Rows beyond a cluster: `tiles` (> 1) CTAs of a cooperative grid share each row instead,
+  // CTA = (group * lanes + lane) * tiles + tile (a lane per cluster above), their sums
+  // meeting in the weight row's last partial row: [slot][lanes][tiles] floats, then a
+  // counter per slot and lane (zeroed before the launch), as the row tiles' do.
+  int tiles = 1;
 };
 
 // Long rows, persistent (staging.cuh): cluster i of a weight row's clusters_per_group walks
@@ -457,18 +462,20 @@ __global__ void __launch_bounds__(kRegistersBlock, 1) rms_norm_bwd_staged(BwdPro
   extern __shared__ __align__(128) unsigned char staged_shared[];
   __shared__ RowSumScratch scratch;
   __shared__ unsigned long long stage_landed[kMaxStages];
-  const int cluster = 1 << m.cluster_log2;
+  __shared__ float row_totals[kClusterSlots];  // tiled: a step's row sum, for every thread
+  const bool tiled = m.tiles > 1;
+  const int cluster = tiled ? 1 : 1 << m.cluster_log2;
   start_cluster(scratch, cluster);
 
   const int block = blockDim.x;
-  const int rank = blockIdx.x & (cluster - 1);
+  const int rank = tiled ? static_cast<int>(blockIdx.x % m.tiles) : static_cast<int>(blockIdx.x & (cluster - 1));
   StagedSlices ring(staged_shared, stage_landed, static_cast<int>(p.hidden / VEC), CHUNKS * block, rank, 2,
                     m.stages, p.hidden * int64_t{sizeof(T)});
   ring.sources[0] = static_cast<const unsigned char*>(p.dy);
   ring.sources[1] = static_cast<const unsigned char*>(p.s);
   const int first = ring.first, count = ring.count;
   auto mine = [&](int c) { return c * block + static_cast<int>(threadIdx.x); };  // index in the slice
-  const int64_t unit = blockIdx.x >> m.cluster_log2;
+  const int64_t unit = tiled ? int64_t{blockIdx.x / m.tiles} : int64_t{blockIdx.x >> m.cluster_log2};
   const int64_t group = unit / m.clusters_per_group, lane = unit % m.clusters_per_group;
   const int64_t group_first_row = group * p.rows_per_weight;
   // Step k's row of this cluster, or -1 past the weight row's rows.
@@ -505,6 +512,40 @@ __global__ void __launch_bounds__(kRegistersBlock, 1) rms_norm_bwd_staged(BwdPro
     for (int c = 0; c < CHUNKS; ++c) dot += dot_g_n(unit_at(stage, 0, c), unit_at(stage, 1, c), w[c], rstd);
     return dot;
   };
+  float* exchange = tiled ? p.dweight_partials + ((group + 1) * p.ctas_per_weight_row - 1) * p.hidden : nullptr;
+  unsigned* arrivals =
+      tiled ? reinterpret_cast<unsigned*>(exchange + int64_t{kClusterSlots} * m.tiles * m.clusters_per_group) : nullptr;
+  // A row step's sum over the CTAs sharing the row: sent (the CTA's sum, returned), then
+  // received (the row's). Over a cluster, row_sum_send / row_sum_receive. Tiled, thread 0
+  // publishes the CTA's sum with a release increment of the slot's counter, and warp 0
+  // waits for all tiles' and adds them in tile order (the same bits in every CTA of the
+  // row). Sends run at most one step ahead of receives, so slot k % 4 is rewritten at step
+  // k + 4 only after every CTA of the lane has sent k + 2, which each did after reading k.
+  auto send = [&](float dot, int64_t k, auto after_barrier) {
+    const float v = row_sum_send(dot, block, cluster, scratch, static_cast<int>(k), after_barrier);
+    if (tiled && threadIdx.x == 0) {
+      const int64_t slot = (k % kClusterSlots) * m.clusters_per_group + lane;
+      exchange[slot * m.tiles + rank] = v;
+      publish_arrival(arrivals + slot);  // release: the sum above is visible first
+    }
+    return v;
+  };
+  auto receive = [&](float v, int64_t k) {
+    if (!tiled) return row_sum_receive(v, cluster, scratch, static_cast<int>(k));
+    const int64_t slot = (k % kClusterSlots) * m.clusters_per_group + lane;
+    if (threadIdx.x < kWarp) {
+      const unsigned expected = static_cast<unsigned>(k / kClusterSlots + 1) * static_cast<unsigned>(m.tiles);
+      while (load_acquire(arrivals + slot) < expected) {
+      }
+      const float* sums = exchange + slot * m.tiles;
+      float total = 0.f;
+      for (int t = static_cast<int>(threadIdx.x); t < m.tiles; t += kWarp) total += __ldcg(sums + t);
+      total = lane_group_sum(total, kWarp);
+      if (threadIdx.x == 0) row_totals[k % kClusterSlots] = total;
+    }
+    __syncthreads();
+    return row_totals[k % kClusterSlots];
+  };
 
   float dw[CHUNKS][VEC] = {};
   if (row_of(0) >= 0) {
@@ -519,7 +560,7 @@ __global__ void __launch_bounds__(kRegistersBlock, 1) rms_norm_bwd_staged(BwdPro
     float rstd = p.rstd[row_of(0)];
     float next_rstd = row_of(1) >= 0 ? p.rstd[row_of(1)] : 0.f;
     ring.wait(0, 0);
-    float cta_sum = row_sum_send(dot_of(0, rstd), block, cluster, scratch, 0);
+    float cta_sum = send(dot_of(0, rstd), 0, NothingAfterBarrier{});
     int free_stage = 0;  // the stage of row k - 1 (from k = 1)
     for (int64_t k = 0;; ++k) {
       const int64_t row = row_of(k);
@@ -544,10 +585,9 @@ __global__ void __launch_bounds__(kRegistersBlock, 1) rms_norm_bwd_staged(BwdPro
             ring.refill(row_of(k - 1 + m.stages), free_stage);
           }
         };
-        next_sum = row_sum_send(dot_of(next_stage, next_rstd), block, cluster, scratch, static_cast<int>(k + 1),
-                                refill);
+        next_sum = send(dot_of(next_stage, next_rstd), k + 1, refill);
       }
-      const float mean_gn = row_sum_receive(cta_sum, cluster, scratch, static_cast<int>(k)) * m.inv_hidden;
+      const float mean_gn = receive(cta_sum, k) * m.inv_hidden;
       T* dx = static_cast<T*>(p.dx) + at;
 #pragma unroll
       for (int c = 0; c < CHUNKS; ++c) {
@@ -571,7 +611,7 @@ __global__ void __launch_bounds__(kRegistersBlock, 1) rms_norm_bwd_staged(BwdPro
       next_rstd = after_next_rstd;
     }
   }
-  if (p.dweight_partials == nullptr) return;
+  if (p.dweight_partials == nullptr || p.dweight == nullptr) return;  // tiled without dweight: scratch
   float* partial = p.dweight_partials + (group * p.ctas_per_weight_row + lane) * p.hidden + int64_t{first} * VEC;
 #pragma unroll
   for (int c = 0; c < CHUNKS; ++c) {
@@ -890,6 +930,34 @@ cudaError_t launch_bwd(const BwdProblem& p, const BwdLaunch& l, cudaStream_t str
       const bool fused = p.d_new_residual != nullptr;
       auto kernel = fused ? rms_norm_bwd_staged<T, W, VEC, kBwdStagedChunks, true, ROUND_N>
                           : rms_norm_bwd_staged<T, W, VEC, kBwdStagedChunks, false, ROUND_N>;
+      if (l.tiles > 1) {
+        // Rows beyond a cluster: `tiles` CTAs a row over a cooperative grid, at most a lane
+        // per partial row but one (fewer where the weight rows' lanes would not all be
+        // resident), the exchange and its counters in that last partial row. A call that
+        // cannot have that (no partials, a saved export's partial count) takes the row tiles.
+        const int64_t resident = persistent_clusters(kernel, l.block, smem, 1, int64_t{1} << 30);
+        int64_t lanes = p.ctas_per_weight_row - 1;
+        const int64_t fit = resident / (int64_t{l.tiles} * p.weight_rows);
+        if (fit < lanes) lanes = fit;
+        if (p.dweight_partials == nullptr || lanes < 1 ||
+            (int64_t{kClusterSlots} * l.tiles + kClusterSlots) * lanes > p.hidden) {
+          BwdLaunch tiles = l;
+          use_row_tiles(tiles, ceil_div(p.hidden, int64_t{VEC}));
+          return launch_bwd<T, W, VEC, ROUND_N>(p, tiles, stream, summed);
+        }
+        m.tiles = l.tiles;
+        m.clusters_per_group = lanes;
+        // Every weight row's counters: one strided memset.
+        const size_t pitch = sizeof(float) * size_t(p.ctas_per_weight_row) * size_t(p.hidden);
+        float* first_exchange = p.dweight_partials + (p.ctas_per_weight_row - 1) * p.hidden;
+        cudaError_t e = cudaMemset2DAsync(first_exchange + int64_t{kClusterSlots} * l.tiles * lanes, pitch, 0,
+                                          sizeof(unsigned) * kClusterSlots * lanes, size_t(p.weight_rows), stream);
+        if (e != cudaSuccess) return e;
+        summed = lanes;
+        const int64_t grid = p.weight_rows * lanes * l.tiles;
+        return launch_with(kernel, dim3(static_cast<unsigned>(grid)), dim3(l.block), smem, 1, /*cooperative=*/true,
+                           stream, p, m);
+      }
       // Persistent, per weight row: at most one cluster per partial row and per row (one
       // cluster when there are no rows: it writes the zero partial).
       const int64_t rows = p.rows_per_weight > 1 ? p.rows_per_weight : 1;
@@ -953,7 +1021,10 @@ std::string check_staged_bwd(const BwdLaunch& l, int64_t hidden, int elem_bytes)
       l.stages < 3 || l.stages > kMaxStages) {
     return "staged launch: 4 chunks, 3 or 4 stages, counts powers of two within the kernel's limits";
   }
-  if (ceil_div(hidden, l.vec) > int64_t{l.cluster} * l.block * l.chunks) return "staged launch: the row does not fit its cluster";
+  if (l.tiles < 1 || (l.tiles > 1 && l.cluster != 1)) return "staged launch: tiles over CTAs of the grid, or a cluster";
+  if (ceil_div(hidden, l.vec) > int64_t{l.cluster} * l.tiles * l.block * l.chunks) {
+    return "staged launch: the row does not fit its cluster (or tiles)";
+  }
   if (max_cluster_size() < 2) return "staged launch: needs sm_90 or newer";
   return {};
 }
@@ -1002,7 +1073,8 @@ std::string rms_norm_bwd_cuda(const BwdProblem& problem, cudaStream_t stream, co
   if (l.vec != 1 && !vector_ok) return "vector launch for unaligned buffers";
   // Without dweight only the row tiles use the partials (their exchange): the other
   // kernels would write partial rows nobody reads.
-  if (p.dweight == nullptr && l.kernel != FwdKernel::kRowTiles) p.dweight_partials = nullptr;
+  const bool exchange_in_partials = l.kernel == FwdKernel::kRowTiles || (l.kernel == FwdKernel::kStaged && l.tiles > 1);
+  if (p.dweight == nullptr && !exchange_in_partials) p.dweight_partials = nullptr;
   if (l.kernel == FwdKernel::kStaged || l.kernel == FwdKernel::kFewRows) {
     const std::string bad = l.kernel == FwdKernel::kStaged ? check_staged_bwd(l, p.hidden, elem_bytes)
                                                            : check_few_rows_bwd(l, p.rows_per_weight, p.hidden, vector_ok, max_cluster);
