@@ -56,7 +56,6 @@ CPU_SHAPES = [(1, 4096), (32, 4096), (1024, 4096), (4096, 1024), (16384, 128), (
 QUICK_SHAPES = [(1, 4096), (64, 1024), (512, 4096), (4096, 128)]
 
 L2_ROTATION_BYTES = 128 << 20  # input sets per op together exceed the 50 MB L2 by 2.5x
-CALL_GAP_US = 15.0  # calls are synchronised, so kernels further apart than this belong to different calls
 
 
 def is_gpu(device):
@@ -88,29 +87,47 @@ def profile_kernel_times(fn, arg_sets, calls, by_kernel=None):
   if not kernels:
     names = sorted({str(e.get("args", {}).get("name")) for e in events if e.get("ph") == "M"})
     raise RuntimeError(f"the profiler trace holds no GPU kernels; its processes and threads: {names}")
-  per_call, per_name, end = [], [], -1e30
-  for ts, dur, name in kernels:
-    if ts - end > CALL_GAP_US:
-      per_call.append(0.0)
-      per_name.append({})
-    per_call[-1] += dur
-    per_name[-1][name] = per_name[-1].get(name, 0.0) + dur
-    end = max(end, ts + dur)
-  if len(per_call) != calls and len(per_call) % calls == 0:
-    # Each call split into the same number of groups (the row-tile backward's memset can run
-    # well before its cooperative launch arrives): merge them back, k groups a call.
-    k = len(per_call) // calls
-    per_call = [sum(per_call[i:i + k]) for i in range(0, len(per_call), k)]
-    per_name = [{name: sum(d.get(name, 0.0) for d in per_name[i:i + k]) for name in set().union(*per_name[i:i + k])}
-                for i in range(0, len(per_name), k)]
-  if len(per_call) != calls:
+  grouped = split_into_calls(kernels, calls)
+  if grouped is None:
     # Could not tell calls apart: fall back to the mean.
-    return [sum(per_call) / calls] * calls
+    return [sum(dur for _, dur, _ in kernels) / calls] * calls
+  per_call = [sum(call.values()) for call in grouped]
+  per_name = grouped
   if by_kernel is not None:
     for call in per_name:
       for name, dur in call.items():
         by_kernel.setdefault(name, []).append(dur)
   return per_call
+
+
+def split_into_calls(kernels, calls):
+  """Each call's {kernel name: summed µs}, from (start µs, duration µs, name) sorted by start,
+  or None when they do not split into `calls` calls alike. Calls are synchronised, so they are
+  split at the widest gaps between kernels; a call's own kernels can be far apart too (the
+  memset before a cooperative launch may run well ahead of it), so a gap counts as a call
+  boundary by rank, not by a fixed width, and every call must then show the same kernels."""
+  if calls < 1 or not kernels:
+    return None
+  gaps, end = [], None
+  for i, (ts, dur, _) in enumerate(kernels):
+    if end is not None:
+      gaps.append((ts - end, i))
+    end = ts + dur if end is None else max(end, ts + dur)
+  if len(gaps) < calls - 1:
+    return None
+  widest = sorted(gaps, reverse=True)[:calls - 1]
+  if widest and widest[-1][0] <= 0:
+    return None  # overlapping kernels are one call's
+  starts = [0] + sorted(i for _, i in widest) + [len(kernels)]
+  grouped = []
+  for a, b in zip(starts, starts[1:]):
+    call = {}
+    for _, dur, name in kernels[a:b]:
+      call[name] = call.get(name, 0.0) + dur
+    grouped.append(call)
+  if any(call.keys() != grouped[0].keys() for call in grouped):
+    return None
+  return grouped
 
 
 def host_times(fn, arg_sets, calls):
