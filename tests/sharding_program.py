@@ -282,7 +282,9 @@ def main(seed):
   stats = f"f32[{8 // data},16]"
   assert only_all_reduces(text, [stats], "explicit") == [stats]
   close(got, jax.jit(both_ops)(x, r, w), "explicit axes")
-  close(g, grads(x, r, w), "explicit axes, grads")
+  # Hidden sharded too: dweight within 2^-8 of its largest entry, as above (seed 693036132:
+  # -704.756 against -704.927).
+  close(g, grads(x, r, w), "explicit axes, grads", rtol=2.0 ** -8, atol=2.0 ** -8)
   assert got[0].sharding.spec == P("data", None, "model"), got[0].sharding
   print("ok explicit mesh axes, hidden and rows sharded")
 
