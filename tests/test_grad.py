@@ -186,6 +186,18 @@ def test_long_rows_with_weight_groups(device, rng, hidden, x_dtype, w_dtype, row
   check_weight_groups(device, rng, 3, rows, hidden, x_dtype, w_dtype)
 
 
+@pytest.mark.parametrize("groups,rows,hidden,x_dtype", [
+    (2, 5, 131076, jnp.float32), (2, 3, 262152, jnp.bfloat16), (1, 2, 1081344, jnp.float32),
+    (2, 2, 1081344, jnp.float32)],
+    ids=["f32-17-tiles", "bf16-17-tiles", "f32-132-tiles", "f32-132-tiles-2-weights"])
+def test_long_rows_ragged_tiles(device, rng, groups, rows, hidden, x_dtype):
+  """Long rows on sm_90's vector grid at the staged column tiles' edges, with the residual:
+  17 tiles of 2048 accesses, the last holding one (float32 131076, bf16 262152); the most
+  tiles it takes, 132 (float32 1081344: one lane); and two weight rows of those, which do
+  not fit one wave of it (the row tiles instead)."""
+  check_weight_groups(device, rng, groups, rows, hidden, x_dtype, jnp.float32)
+
+
 def check_dx_only(device, rng, shape, x_dtype, weight, residual, vmapped=None):
   """Gradients of x (and residual) alone: no dweight, so no partials for dweight; the
   row-tile kernel still gets them as its exchange scratch. `weight`: None, or "fixed" (a
