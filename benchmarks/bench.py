@@ -91,13 +91,11 @@ def profile_kernel_times(fn, arg_sets, calls, by_kernel=None):
   if grouped is None:
     # Could not tell calls apart: fall back to the mean.
     return [sum(dur for _, dur, _ in kernels) / calls] * calls
-  per_call = [sum(call.values()) for call in grouped]
-  per_name = grouped
   if by_kernel is not None:
-    for call in per_name:
+    for call in grouped:
       for name, dur in call.items():
         by_kernel.setdefault(name, []).append(dur)
-  return per_call
+  return [sum(call.values()) for call in grouped]
 
 
 def split_into_calls(kernels, calls):

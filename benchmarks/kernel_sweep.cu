@@ -459,10 +459,8 @@ void run_backward(const std::string& spec, const Case& c, int reps) {
     return;
   }
   int64_t default_ctas = bwd_ctas_per_weight_row(c.rows, c.hidden, eb);
-  if (l.kernel == FwdKernel::kRowTiles) default_ctas = bwd_row_tile_partials(c.rows, l.tiles);
-  if (l.kernel == FwdKernel::kStaged) {
-    default_ctas = l.tiles > 1 ? bwd_staged_tile_partials(c.rows, l.tiles) : bwd_staged_partials(c.rows, l);
-  }
+  // A kernel the keys forced: its own partial count.
+  if (l.kernel == FwdKernel::kRowTiles || l.kernel == FwdKernel::kStaged) default_ctas = bwd_persistent_partials(c.rows, l);
   const int64_t ctas = c.get("ctas", default_ctas);
 
   const int sets = sets_for(double(n) * eb * 3);

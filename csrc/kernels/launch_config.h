@@ -296,16 +296,25 @@ inline void use_staged_tiles(BwdLaunch& l, int64_t units) {
   l.cluster = 1;
   l.tiles = static_cast<int>(ceil_div(units, int64_t{kRegistersBlock} * kBwdStagedChunks));
 }
-inline int64_t bwd_staged_tile_partials(int64_t rows_per_weight, int tiles) {
-  const int64_t lanes = kSmCount / tiles;
+// Partial rows per weight row of a column-tile launch (the row tiles' 256-thread CTAs, two
+// a SM, or the staged tiles' 512, one a SM: `resident_ctas` of them fit one wave): one per
+// lane (at most the rows there are, and as many as the resident CTAs hold), plus one in
+// which the CTAs exchange their row sums.
+inline int64_t bwd_column_tile_partials(int64_t rows_per_weight, int tiles, int64_t resident_ctas) {
+  const int64_t lanes = resident_ctas / tiles;
   return (rows_per_weight < lanes ? rows_per_weight : lanes) + 1;
 }
-// Partial rows per weight row of a row-tile launch: one per lane (at most the rows there
-// are, and as many as the resident CTAs hold), plus one in which the CTAs exchange their
-// row sums.
-inline int64_t bwd_row_tile_partials(int64_t rows_per_weight, int tiles) {
-  const int64_t lanes = kMaxResidentBwdCtas / tiles;
-  return (rows_per_weight < lanes ? rows_per_weight : lanes) + 1;
+// Whether launch `l` is the staged kernel over column tiles of the grid (not a cluster).
+inline bool staged_over_tiles(const BwdLaunch& l) { return l.kernel == FwdKernel::kStaged && l.tiles > 1; }
+// Whether launch `l` exchanges its rows' sums in the partials (so needs them without dweight).
+inline bool exchanges_in_partials(const BwdLaunch& l) {
+  return l.kernel == FwdKernel::kRowTiles || staged_over_tiles(l);
+}
+// Partial rows per weight row of a row-tile or staged launch (their persistent grids).
+inline int64_t bwd_persistent_partials(int64_t rows_per_weight, const BwdLaunch& l) {
+  if (l.kernel == FwdKernel::kRowTiles) return bwd_column_tile_partials(rows_per_weight, l.tiles, kMaxResidentBwdCtas);
+  if (staged_over_tiles(l)) return bwd_column_tile_partials(rows_per_weight, l.tiles, kSmCount);
+  return bwd_staged_partials(rows_per_weight, l);
 }
 
 // Shared memory of the staging ring: per stage, dy and s of every thread's chunks plus
@@ -445,10 +454,10 @@ inline BwdLaunch choose_bwd_launch(int64_t hidden, int elem_bytes, bool vector_o
   // Rows beyond a cluster of staged CTAs (float32 past 131072, bf16 past 262144), up to one
   // wave of 512-thread tiles: the staged kernel over column tiles of the grid (kernel_sweep,
   // benchmarks/NOTES.md entry 44: 1.14-1.40x the row tiles on the H100).
-  if (vector_ok && max_cluster > 1 && units >= kBwdStagedMinUnits &&
-      ceil_div(units, int64_t{kRegistersBlock} * kBwdStagedChunks) <= kSmCount) {
-    use_staged_tiles(l, units);
-    return l;
+  if (vector_ok && max_cluster > 1 && units >= kBwdStagedMinUnits) {
+    BwdLaunch tiled = l;
+    use_staged_tiles(tiled, units);
+    if (tiled.tiles <= kSmCount) return tiled;
   }
   return choose_bwd_register_launch(hidden, elem_bytes, vector_ok, max_cluster);
 }
@@ -487,10 +496,7 @@ inline int64_t bwd_ctas_per_weight_row(int64_t rows_per_weight, int64_t hidden, 
   // writes dweight itself, and the count for those rows stays the chooser's without rows.
   const BwdLaunch l = choose_bwd_launch(hidden, elem_bytes, hidden % (16 / elem_bytes) == 0, kMaxCluster,
                                         rows_per_weight > kFewRowsMax ? rows_per_weight : 0);
-  if (l.kernel == FwdKernel::kRowTiles) return bwd_row_tile_partials(rows_per_weight, l.tiles);
-  if (l.kernel == FwdKernel::kStaged) {
-    return l.tiles > 1 ? bwd_staged_tile_partials(rows_per_weight, l.tiles) : bwd_staged_partials(rows_per_weight, l);
-  }
+  if (l.kernel == FwdKernel::kRowTiles || l.kernel == FwdKernel::kStaged) return bwd_persistent_partials(rows_per_weight, l);
   const int64_t row_groups = ceil_div(rows_per_weight, l.block / l.threads_per_row);
   // Two register-kernel CTAs are resident per SM: a grid of 2 x SMs runs in one wave.
   // With clusters, a "CTA" here is a cluster (one partial row).
@@ -507,8 +513,7 @@ inline int64_t bwd_ctas_per_weight_row(int64_t rows_per_weight, int64_t hidden, 
 // like the buffer's size.
 inline bool bwd_exchanges_in_partials(int64_t hidden, int elem_bytes) {
   if (hidden <= 0) return false;
-  const BwdLaunch l = choose_bwd_launch(hidden, elem_bytes, hidden % (16 / elem_bytes) == 0);
-  return l.kernel == FwdKernel::kRowTiles || (l.kernel == FwdKernel::kStaged && l.tiles > 1);
+  return exchanges_in_partials(choose_bwd_launch(hidden, elem_bytes, hidden % (16 / elem_bytes) == 0));
 }
 
 }  // namespace jax_rmsnorm

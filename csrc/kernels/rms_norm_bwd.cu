@@ -1071,10 +1071,9 @@ std::string rms_norm_bwd_cuda(const BwdProblem& problem, cudaStream_t stream, co
                                   : choose_bwd_launch(p.hidden, elem_bytes, vector_ok, max_cluster, p.rows_per_weight);
   if (chosen == nullptr) fit_bwd_stages_to_device(l, p.rows_per_weight, p.ctas_per_weight_row, device_memory_bandwidth());
   if (l.vec != 1 && !vector_ok) return "vector launch for unaligned buffers";
-  // Without dweight only the row tiles use the partials (their exchange): the other
-  // kernels would write partial rows nobody reads.
-  const bool exchange_in_partials = l.kernel == FwdKernel::kRowTiles || (l.kernel == FwdKernel::kStaged && l.tiles > 1);
-  if (p.dweight == nullptr && !exchange_in_partials) p.dweight_partials = nullptr;
+  // Without dweight only the column-tile kernels use the partials (their exchange): the
+  // other kernels would write partial rows nobody reads.
+  if (p.dweight == nullptr && !exchanges_in_partials(l)) p.dweight_partials = nullptr;
   if (l.kernel == FwdKernel::kStaged || l.kernel == FwdKernel::kFewRows) {
     const std::string bad = l.kernel == FwdKernel::kStaged ? check_staged_bwd(l, p.hidden, elem_bytes)
                                                            : check_few_rows_bwd(l, p.rows_per_weight, p.hidden, vector_ok, max_cluster);
